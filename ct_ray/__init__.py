@@ -1,0 +1,2 @@
+"""ct-ray: CompressTracker on Ray and MLflow."""
+__version__ = "0.1.0"
