@@ -50,6 +50,37 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    """Generate the synthetic tracking benchmark (LaSOT format)."""
+    from ct_ray.data.synth import generate_benchmark
+
+    info = generate_benchmark(args.out, sequences=args.sequences, frames=args.frames, seed=args.seed,
+                              preset=args.preset, frame_size=(args.height, args.width),
+                              test_fraction=args.test_fraction, progress=True)
+    print(f"wrote {info['sequences']} sequences x {info['frames']} frames ({args.preset}) to {args.out}")
+    return 0
+
+
+def cmd_data_shards(args: argparse.Namespace) -> int:
+    """Sample template/search crop pairs from datasets into Parquet shards (parallel Ray tasks, resumable)."""
+    from ct_ray.cluster import init_ray
+    from ct_ray.data.pairs import PairSamplingConfig
+    from ct_ray.data.ray_data import build_shards
+    from ct_ray.data.shards import ShardPlan, SourceSpec
+
+    sampling = PairSamplingConfig(max_gap=args.max_gap, template_factor=args.template_factor,
+                                  template_size=args.template_size, search_factor=args.search_factor,
+                                  search_size=args.search_size, center_jitter=args.center_jitter,
+                                  scale_jitter=args.scale_jitter)
+    plan = ShardPlan(sources=tuple(SourceSpec.parse(s) for s in args.source), pairs_per_epoch=args.pairs_per_epoch,
+                     epochs=args.epochs, pairs_per_shard=args.pairs_per_shard, seed=args.seed, sampling=sampling,
+                     jpeg_quality=args.jpeg_quality)
+    init_ray(args.address)
+    manifest = build_shards(plan, args.out, progress=True)
+    print(f"{manifest['total_rows']} pairs in {len(manifest['shards'])} shards at {args.out}")
+    return 0
+
+
 def _add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint file")
     parser.add_argument("--kind", default="ct-ray", choices=sorted(TEACHERS),
@@ -76,6 +107,39 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--threads", type=int, default=None)
     profile.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     profile.set_defaults(func=cmd_profile)
+
+    data = commands.add_parser("data", help="datasets: synthetic benchmark, crop-pair shards")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    synth = data_commands.add_parser("synth", help=cmd_data_synth.__doc__, description=cmd_data_synth.__doc__)
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--sequences", type=int, default=40)
+    synth.add_argument("--frames", type=int, default=120)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--preset", default="standard", choices=["easy", "standard", "hard"])
+    synth.add_argument("--height", type=int, default=240)
+    synth.add_argument("--width", type=int, default=320)
+    synth.add_argument("--test-fraction", type=float, default=0.25)
+    synth.set_defaults(func=cmd_data_synth)
+
+    shards = data_commands.add_parser("shards", help=cmd_data_shards.__doc__, description=cmd_data_shards.__doc__)
+    shards.add_argument("--source", action="append", required=True,
+                        help="KIND:PATH[@SPLIT][*RATIO], e.g. got10k:/data/GOT-10k@train or synthetic:data/synth@train; "
+                             "repeat for several datasets")
+    shards.add_argument("--pairs-per-epoch", type=int, required=True)
+    shards.add_argument("--epochs", type=int, default=1, help="epochs' worth of distinct pairs to sample")
+    shards.add_argument("--out", required=True)
+    shards.add_argument("--pairs-per-shard", type=int, default=1000)
+    shards.add_argument("--seed", type=int, default=0)
+    shards.add_argument("--max-gap", type=int, default=200)
+    shards.add_argument("--template-factor", type=float, default=2.0)
+    shards.add_argument("--template-size", type=int, default=128)
+    shards.add_argument("--search-factor", type=float, default=4.0)
+    shards.add_argument("--search-size", type=int, default=256)
+    shards.add_argument("--center-jitter", type=float, default=3.0)
+    shards.add_argument("--scale-jitter", type=float, default=0.25)
+    shards.add_argument("--jpeg-quality", type=int, default=95)
+    shards.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
+    shards.set_defaults(func=cmd_data_shards)
     return parser
 
 

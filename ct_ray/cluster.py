@@ -1,0 +1,29 @@
+"""Connecting to Ray: a running cluster when one is named, else a local instance bound to 127.0.0.1."""
+from __future__ import annotations
+
+import os
+
+LOCAL_RAY_ENV = {
+    # Binds every socket of a local instance to 127.0.0.1 (without it Ray listens on the routable address).
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # Worker prints appear once, not twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Attach to ``address`` (or ``RAY_ADDRESS``, as ``ray job submit`` sets it); otherwise start a local instance
+    on 127.0.0.1 with the dashboard on (Train and Tune clean up placement groups through it)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             log_to_driver=True)
