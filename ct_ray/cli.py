@@ -81,6 +81,38 @@ def cmd_data_shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a teacher or compress one (CompressTracker or a baseline) with Ray Train; every run tracked in MLflow."""
+    from ct_ray.config import load_config
+    from ct_ray.train.config import ExperimentConfig
+    from ct_ray.train.launcher import resume_config, train
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise ValueError("--resume continues a run with its own config: give no --config or overrides")
+        config, config_path = resume_config(args.resume)
+    elif args.config:
+        config, config_path = load_config(ExperimentConfig, args.config, args.overrides), args.config
+    else:
+        raise ValueError("give --config FILE (see experiments/) or --resume RUN_DIR")
+    outcome = train(config, config_path=config_path, resume=bool(args.resume), ray_address=args.address)
+    metrics = outcome.metrics
+    print(f"run           {outcome.run_dir}")
+    print(f"final tracker {outcome.final_tracker}")
+    if outcome.best_tracker:
+        print(f"best tracker  {outcome.best_tracker}  (best validation AUC {metrics.get('best_val_auc')})")
+    shown = {k: v for k, v in metrics.items() if k.startswith(("loss_total", "val_", "rows_per_s", "replacement_p"))}
+    print("last epoch    " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in sorted(shown.items())))
+    if outcome.mlflow_run_id:
+        from ct_ray import mlflow_utils
+
+        uri = mlflow_utils.resolve_tracking_uri(config.mlflow.tracking_uri)
+        print(f"MLflow run    {outcome.mlflow_run_id} in {uri}")
+        print(f"look at it    mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    return 0
+
+
 def _add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint file")
     parser.add_argument("--kind", default="ct-ray", choices=sorted(TEACHERS),
@@ -107,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--threads", type=int, default=None)
     profile.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     profile.set_defaults(func=cmd_profile)
+
+    train = commands.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
+    train.add_argument("--config", help="experiment YAML (experiments/*.yaml)")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-4")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run (<storage_path>/<name>)")
+    train.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
+    train.set_defaults(func=cmd_train)
 
     data = commands.add_parser("data", help="datasets: synthetic benchmark, crop-pair shards")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -147,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"ct-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -14,7 +14,11 @@ LOCAL_RAY_ENV = {
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Attach to ``address`` (or ``RAY_ADDRESS``, as ``ray job submit`` sets it); otherwise start a local instance
-    on 127.0.0.1 with the dashboard on (Train and Tune clean up placement groups through it)."""
+    on 127.0.0.1 with the dashboard on (Train and Tune clean up placement groups through it).
+
+    A local instance declares twice the machine's cores as logical CPUs (at least 4): training workers that
+    reserve CPUs must leave some to the Ray Data decode tasks and the validation tasks, or the job waits forever.
+    """
     import ray
 
     if ray.is_initialized():
@@ -25,5 +29,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
+    if num_cpus is None:
+        num_cpus = max(4, 2 * (os.cpu_count() or 1))
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              log_to_driver=True)

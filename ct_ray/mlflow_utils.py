@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 PARAM_VALUE_LIMIT = 6000
 
 
-class MlflowUnavailableError(RuntimeError):
+class MlflowUnavailableError(ConnectionError):
     """The tracking store cannot be reached; raised before any training starts."""
 
 
@@ -36,14 +36,6 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
             return f"sqlite:///{Path(relative).resolve()}"
         return uri
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def default_artifact_location(experiment: str) -> str | None:
-    """``./mlartifacts/<experiment>`` for local stores (absolute URI); None lets a tracking server decide."""
-    uri = resolve_tracking_uri()
-    if uri.startswith(("http://", "https://", "databricks")):
-        return None
-    return (Path.cwd() / "mlartifacts" / experiment).resolve().as_uri()
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -130,6 +122,8 @@ def end_run(uri: str, run_id: str, failed: bool = False) -> None:
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
+    """The commit of the ct-ray checkout in use (or ``CT_RAY_GIT_COMMIT``, e.g. for jobs whose upload has no .git)."""
+    cwd = cwd or Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):

@@ -2,7 +2,6 @@
 from collections import Counter
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,32 +21,7 @@ from ct_ray.data.shards import (
     shard_files,
 )
 
-SAMPLING = PairSamplingConfig(template_size=32, search_size=64, max_gap=5)
-
-
-def write_lasot_tree(root: Path, sequences: int = 3, frames: int = 10, hidden: dict | None = None) -> Path:
-    """LaSOT layout: <class>/<class>-<k>/img/%08d.jpg with a red square moving right; `hidden` frames flagged."""
-    hidden = hidden or {}
-    names = []
-    for k in range(1, sequences + 1):
-        name = f"square-{k}"
-        seq = root / "square" / name
-        (seq / "img").mkdir(parents=True)
-        lines, occluded = [], []
-        for f in range(frames):
-            image = np.full((96, 128, 3), 60, np.uint8)
-            x, y = 20 + 4 * f + k, 30 + k
-            cv2.rectangle(image, (x, y), (x + 23, y + 17), (0, 0, 255), -1)
-            cv2.imwrite(str(seq / "img" / f"{f + 1:08d}.jpg"), image)
-            lines.append(f"{x},{y},24,18")
-            occluded.append("1" if f in hidden.get(name, ()) else "0")
-        (seq / "groundtruth.txt").write_text("\n".join(lines) + "\n")
-        (seq / "full_occlusion.txt").write_text(",".join(occluded))
-        (seq / "out_of_view.txt").write_text(",".join("0" * frames))
-        names.append(name)
-    (root / "training_set.txt").write_text("\n".join(names) + "\n")
-    (root / "testing_set.txt").write_text(names[0] + "\n")
-    return root
+from helpers import SAMPLING, write_lasot_tree
 
 
 def sequence_with(valid_frames, length=30):

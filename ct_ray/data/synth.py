@@ -72,6 +72,8 @@ FULL_OCCLUSION_THRESHOLD = 0.95
 MIN_VISIBLE_SIDE = 4
 MIN_VISIBLE_PIXELS = 16
 MIN_FRAME_SIDE = 64
+MIN_TARGET_SIDE = 8.0   # px: the target's side never gets smaller (tiny frames)
+MIN_START_SIDE = 10.0   # px: nor starts smaller
 _TEXTURE_SIZE = 64
 _TMP_PREFIX = ".synth-tmp-"
 
@@ -222,7 +224,7 @@ PRESETS: dict[str, SynthPreset] = {
         rotation=25.0, speed=0.035, turn=0.35, abrupt_prob=0.06, abrupt_size=2.0, distractors=(4, 7),
         same_colour_distractors=2, distractor_similarity=0.8, distractor_front=0.35, avoid_target_colour=False,
         occlusion_prob=0.07, occlusion_length=(5, 20), full_occlusion_share=0.6, out_of_view_prob=0.02,
-        out_of_view_length=(5, 20), blur_prob=0.25, blur_length=(7, 15), illumination=0.35, clutter=1.0,
+        out_of_view_length=(5, 20), blur_prob=0.15, blur_length=(7, 15), illumination=0.35, clutter=1.0,
         camera_motion=0.15, camera_shake=2.0, noise=8.0),
 }
 
@@ -541,8 +543,8 @@ def _simulate(rng: np.random.Generator, p: SynthPreset, n: int, H: int, W: int, 
     texture_kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
     colour = _COLOUR_NAMES[int(rng.integers(len(_COLOUR_NAMES)))]
     rgb = np.clip(np.array(COLOURS[colour]) + rng.integers(-12, 13, 3), 0, 255)
-    side0 = rng.uniform(*p.target_size) * m
-    limits = (p.size_limits[0] * m, p.size_limits[1] * m)
+    limits = (max(p.size_limits[0] * m, MIN_TARGET_SIDE), max(p.size_limits[1] * m, 1.5 * MIN_START_SIDE))
+    side0 = float(np.clip(max(rng.uniform(*p.target_size) * m, MIN_START_SIDE), *limits))
     w, h, angle = _size_curves(rng, n, side0, limits, p.scale_change, _class_aspect(rng, cls), p.aspect_change,
                                rng.uniform(-0.3, 0.3) * p.rotation, p.rotation)
     cx, cy = _simulate_target_path(rng, p, n, H, W, w, h, angle)

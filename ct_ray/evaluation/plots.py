@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import matplotlib
 
@@ -10,6 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ct_ray.fileio import atomic_path  # noqa: E402
+
+if TYPE_CHECKING:
+    from ct_ray.evaluation.metrics import BenchmarkScore
 
 
 def _save(figure, path: str | Path) -> Path:
@@ -57,3 +60,17 @@ def speed_accuracy_plot(points: Mapping[str, tuple[float, float]], path: str | P
     axis.set_title(title)
     axis.grid(alpha=0.3)
     return _save(figure, path)
+
+
+def benchmark_plots(scores: Mapping[str, BenchmarkScore], folder: str | Path, stem: str = ""
+                    ) -> tuple[Path, Path]:
+    """The success and precision plots of ``{label: BenchmarkScore}`` as ``<folder>/<stem>success.png`` and
+    ``<folder>/<stem>precision.png`` (legend values: AUC and precision at 20 px)."""
+    from ct_ray.evaluation.metrics import PRECISION_THRESHOLDS, SUCCESS_THRESHOLDS
+
+    folder = Path(folder)
+    success = success_plot({label: (SUCCESS_THRESHOLDS, s.success_curve, s.auc) for label, s in scores.items()},
+                           folder / f"{stem}success.png")
+    precision = precision_plot({label: (PRECISION_THRESHOLDS, s.precision_curve, s.precision)
+                                for label, s in scores.items()}, folder / f"{stem}precision.png")
+    return success, precision

@@ -23,7 +23,8 @@ from ct_ray import mlflow_utils
 from ct_ray.config import ConfigError, flatten, load_config, to_dict
 from ct_ray.data.sequences import parse_dataset_spec
 from ct_ray.data.shards import MANIFEST, read_manifest
-from ct_ray.models import load_tracker
+from ct_ray.compress import StageDivision
+from ct_ray.models import load_teacher, load_tracker
 from ct_ray.train.config import ExperimentConfig, RunKind
 
 log = logging.getLogger("ct_ray.train")
@@ -140,23 +141,41 @@ def _teacher_run_id(config: ExperimentConfig, bootstrapped: str | None) -> str:
     return "none"
 
 
-def run_tags(config: ExperimentConfig, teacher_run_id: str) -> dict[str, str]:
-    tags = {"kind": config.kind.value, "teacher_run_id": teacher_run_id, **mlflow_utils.environment_tags()}
+def teacher_depth(config: ExperimentConfig) -> int:
+    """The teacher's block count, read without building the training module (from its file, or from the
+    bootstrap config when the file is still to be trained)."""
+    path = config.teacher.path
+    if path and Path(path).is_file():
+        options = {"num_heads": config.teacher.num_heads} if config.teacher.num_heads else {}
+        return len(load_teacher(config.teacher.kind, path, **options).blocks)
+    if config.teacher.bootstrap:
+        return load_config(ExperimentConfig, config.teacher.bootstrap).model.depth
+    raise ConfigError(f"teacher.path: {path} does not exist (train a teacher first, or name its config in "
+                      "teacher.bootstrap)")
+
+
+def check_experiment(config: ExperimentConfig) -> StageDivision | None:
+    """Checks what the config alone cannot: the stage division against the teacher's depth."""
     if config.kind is RunKind.TEACHER:
+        return None
+    try:
+        return config.student.division(teacher_depth(config))
+    except ValueError as exc:
+        raise ConfigError(f"student: {exc}") from exc
+
+
+def run_tags(config: ExperimentConfig, teacher_run_id: str, division: StageDivision | None) -> dict[str, str]:
+    tags = {"kind": config.kind.value, "teacher_run_id": teacher_run_id, **mlflow_utils.environment_tags()}
+    if division is None:
         tags["depth"] = str(config.model.depth)
     else:
-        division = config.student.division(len(load_tracker(config.teacher.path)[0].blocks)
-                                           if config.teacher.kind == "ct-ray" else 12) \
-            if config.student.stages is None else None
-        stages = list(config.student.stages) if config.student.stages else list(division.teacher_stages)
-        blocks = config.student.blocks_per_stage
-        depth = sum(blocks) if isinstance(blocks, list) else blocks * len(stages)
-        tags.update(student_depth=str(depth), stage_division=json.dumps(stages),
-                    blocks_per_stage=json.dumps(blocks), schedule=config.schedule.kind.value)
+        tags.update(student_depth=str(division.student_depth), stage_division=json.dumps(list(division.teacher_stages)),
+                    blocks_per_stage=json.dumps(list(division.student_stages)), schedule=config.schedule.kind.value)
     return tags
 
 
 def _trainer(config: ExperimentConfig, loop_config: dict, fs_path: str):
+    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -166,6 +185,7 @@ def _trainer(config: ExperimentConfig, loop_config: dict, fs_path: str):
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
+    ray.data.DataContext.get_current().enable_progress_bars = False
     counter = DropCounter.remote()
     dataset = pair_dataset(config.data.shards, seed=config.run.seed, augment=config.data.augment,
                            shuffle_files=config.data.shuffle_files and not config.run.deterministic,
@@ -215,6 +235,7 @@ def train(config: ExperimentConfig, config_path: str | None = None, resume: bool
     record_text = _read_text(fs, f"{run_dir}/{RUN_RECORD}")
     if resume and record_text is None:
         raise ConfigError(f"--resume: {run_dir} holds no ct-ray run ({RUN_RECORD} missing)")
+    division = check_experiment(config)
     init_ray(ray_address)
     teacher_run = bootstrap_teacher(config)
     prepare_data(config)
@@ -229,7 +250,7 @@ def train(config: ExperimentConfig, config_path: str | None = None, resume: bool
         params = flatten(to_dict(config))
         params.update({"steps_per_epoch": steps, "shards.total_rows": manifest["total_rows"]})
         run_id = mlflow_utils.start_run(uri, config.mlflow.experiment, config.run.name, params,
-                                        run_tags(config, _teacher_run_id(config, teacher_run)))
+                                        run_tags(config, _teacher_run_id(config, teacher_run), division))
     _write_text(fs, f"{run_dir}/{CONFIG_FILE}", yaml.safe_dump(to_dict(config), sort_keys=False))
     _write_text(fs, f"{run_dir}/{RUN_RECORD}", json.dumps({"mlflow_run_id": run_id, "mlflow_uri": uri,
                                                            "config_path": config_path}, indent=2))

@@ -11,7 +11,6 @@ import math
 import random
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -203,4 +202,4 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             ray.train.report(metrics)
         summary = metrics
     return {**summary, "best_val_auc": best_score if best_score > -math.inf else None,
-            "mlflow_run_id": mlflow_run_id, "rank": rank, "path": str(Path.cwd())}
+            "mlflow_run_id": mlflow_run_id}

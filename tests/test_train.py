@@ -1,0 +1,146 @@
+"""Ray Train runs: config checks, a compression run tracked in MLflow, recovery after a killed worker, resume."""
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from ct_ray.config import ConfigError, load_config
+from ct_ray.models import OneStreamTracker, load_tracker, save_tracker
+from ct_ray.train.config import ExperimentConfig
+from helpers import SAMPLING, TINY_TRACKER, write_lasot_tree
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, ray_session):
+    """A LaSOT-format tree, shards of 2 x 32 pairs from its training split, and a tiny random teacher."""
+    from ct_ray.data.ray_data import build_shards
+    from ct_ray.data.shards import ShardPlan, SourceSpec
+
+    root = tmp_path_factory.mktemp("train")
+    lasot = write_lasot_tree(root / "lasot", sequences=3, frames=10)
+    plan = ShardPlan(sources=(SourceSpec(f"lasot:{lasot}", "train"),), pairs_per_epoch=32, epochs=2,
+                     pairs_per_shard=16, seed=0, sampling=SAMPLING)
+    build_shards(plan, root / "shards", progress=False)
+    torch.manual_seed(0)
+    save_tracker(root / "teacher.pt", OneStreamTracker(TINY_TRACKER), {"mlflow_run_id": "teacher-run"})
+    return root
+
+
+def overrides(root: Path, name: str, *extra: str) -> list[str]:
+    return [f"teacher.path={root / 'teacher.pt'}", "student.num_stages=2", f"data.shards={root / 'shards'}",
+            f"data.val_dataset=lasot:{root / 'lasot'}", "data.val_split=test", "data.batch_size=8",
+            "data.shuffle_buffer=0", f"run.storage_path={root / 'runs'}", f"run.name={name}",
+            f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}", "mlflow.experiment=tests", *extra]
+
+
+def test_config_errors_name_the_key(workspace):
+    base = overrides(workspace, "bad")
+    with pytest.raises(ConfigError, match=r"optim\.lrr"):
+        load_config(ExperimentConfig, None, base + ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"data\.batch_size must be > 0"):
+        load_config(ExperimentConfig, None, base + ["data.batch_size=0"])
+    with pytest.raises(ConfigError, match="teacher.path is required"):
+        load_config(ExperimentConfig, None, ["kind=distillation"])
+    with pytest.raises(ConfigError, match="must be 0 for the student-only baseline"):
+        load_config(ExperimentConfig, None, base + ["kind=student-only"])
+    from ct_ray.train.launcher import check_experiment
+
+    config = load_config(ExperimentConfig, None, base + ["student.stages=[1,2]", "student.num_stages=2"])
+    with pytest.raises(ConfigError, match="covers 3 blocks, but the teacher has 4"):
+        check_experiment(config)
+    repo = Path(__file__).resolve().parents[1]
+    for path in sorted((repo / "experiments").glob("*.yaml")):
+        if not path.name.startswith("tune"):
+            load_config(ExperimentConfig, path)
+
+
+def test_compression_run_is_tracked_in_mlflow(workspace):
+    from ct_ray.train.launcher import train
+
+    config = load_config(ExperimentConfig, None, overrides(workspace, "ct", "run.epochs=2"))
+    outcome = train(config)
+    assert outcome.metrics["epoch"] == 2 and outcome.metrics["replacement_p"] == 1.0
+    assert 0 <= outcome.metrics["val_auc"] <= 100 * 20 / 21
+    student, meta = load_tracker(outcome.final_tracker)
+    assert len(student.blocks) == 2 and meta["teacher_stages"] == [2, 2] and meta["epoch"] == 2
+    client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    run = client.get_run(outcome.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "ct"
+    assert run.data.params["student.num_stages"] == "2" and run.data.params["optim.lr"] == "0.0004"
+    tags = run.data.tags
+    assert tags["kind"] == "compresstracker" and tags["teacher_run_id"] == "teacher-run"
+    assert tags["student_depth"] == "2" and tags["stage_division"] == "[2, 2]" and "version.torch" in tags
+    history = client.get_metric_history(run.info.run_id, "loss_total")
+    assert [m.step for m in history] == [1, 2]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "replacement_p")] == [0.5, 1.0]
+    for name in ("loss_giou", "loss_l1", "loss_focal", "loss_guidance", "loss_mimicking", "lr", "rows_per_s",
+                 "data_wait_fraction", "val_auc", "val_precision", "val_norm_precision"):
+        assert name in run.data.metrics, name
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"checkpoints", "config.yaml", "validation_success.png"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {"checkpoints/best",
+                                                                                        "checkpoints/final"}
+
+
+def _kill_a_worker_after_first_checkpoint(run_dir: Path, stop: threading.Event) -> None:
+    from ray.util.state import list_actors
+
+    while not stop.is_set() and not list(run_dir.glob("checkpoint_*/train_state.pt")):
+        time.sleep(0.2)
+    if stop.is_set():
+        return
+    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    for actor in actors:
+        os.kill(int(actor["pid"]), signal.SIGKILL)
+
+
+def _train_with_kill(config, run_dir: Path):
+    from ct_ray.train.launcher import train
+
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(run_dir, stop))
+    killer.start()
+    try:
+        return train(config)
+    finally:
+        stop.set()
+        killer.join()
+
+
+def test_killed_worker_recovers_and_resume_continues(workspace):
+    """A deterministic 4-epoch run three ways: uninterrupted; a worker killed after the first checkpoint with one
+    retry allowed; a worker killed with no retry, then `--resume`. All end at epoch 4 with the same weights."""
+    from ct_ray.train.launcher import resume_config, train
+
+    common = ["run.epochs=4", "run.deterministic=true", "data.val_dataset=null", "run.keep_checkpoints=4"]
+    reference = train(load_config(ExperimentConfig, None, overrides(workspace, "ref", *common)))
+    expected = load_tracker(reference.final_tracker)[0].state_dict()
+
+    retried = _train_with_kill(load_config(ExperimentConfig, None, overrides(workspace, "retry", *common,
+                                                                             "run.max_failures=1")),
+                               workspace / "runs" / "retry")
+    assert retried.metrics["epoch"] == 4
+
+    stopped_config = load_config(ExperimentConfig, None, overrides(workspace, "stopped", *common))
+    with pytest.raises(Exception):
+        _train_with_kill(stopped_config, workspace / "runs" / "stopped")
+    client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    stopped_runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
+                                      "attributes.run_name = 'stopped'")
+    assert [r.info.status for r in stopped_runs] == ["FAILED"]
+    config, _ = resume_config(str(workspace / "runs" / "stopped"))
+    resumed = train(config, resume=True)
+    assert resumed.metrics["epoch"] == 4 and resumed.mlflow_run_id == stopped_runs[0].info.run_id
+    assert client.get_run(resumed.mlflow_run_id).info.status == "FINISHED"
+    epochs = {m.step for m in client.get_metric_history(resumed.mlflow_run_id, "loss_total")}
+    assert epochs == {1, 2, 3, 4}
+
+    for outcome in (retried, resumed):
+        weights = load_tracker(outcome.final_tracker)[0].state_dict()
+        for key, value in expected.items():
+            assert torch.allclose(weights[key].float(), value.float(), atol=1e-5), key
