@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 
 import ct_ray
+from ct_ray.cli_eval import add_commands as add_eval_commands
 from ct_ray.models import TEACHERS, count_parameters, load_teacher
 from ct_ray.profile import count_flops, profile_tracker
 
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--jpeg-quality", type=int, default=95)
     shards.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
     shards.set_defaults(func=cmd_data_shards)
+    add_eval_commands(commands)
     return parser
 
 

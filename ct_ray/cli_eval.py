@@ -45,14 +45,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out=args.out, max_sequences=args.max_sequences, use_gpu=args.gpu, got10k_submission=args.got10k_submission,
         trackingnet_submission=args.trackingnet_submission, profile=args.profile, use_mlflow=not args.no_mlflow,
         mlflow_uri=args.mlflow_uri, experiment=args.experiment, exclude_invalid=args.exclude_invalid,
-        progress=not args.no_progress)
+        cpus_per_task=args.cpus_per_task, threads_per_task=args.threads_per_task, progress=not args.no_progress)
     if outcome.report is not None:
         print(format_score_table(outcome.report))
     timing, size = outcome.timing, outcome.size
     print(f"tracking loop     {_fmt(timing['tracking_ms'], 2, ' ms')} median per frame "
           f"({_fmt(timing['tracking_fps'], 1)} FPS; {timing['frames']} frames, frame 0 excluded)")
     if "forward_ms" in size:
-        print(f"network only      {size['forward_ms']:.2f} ms ({size['forward_fps']:.1f} FPS, {size['profile_device']})")
+        print(f"network only      {size['forward_ms']:.2f} ms ({size['forward_fps']:.1f} FPS, "
+              f"{size['profile_device']})")
     print(f"parameters        {size['params'] / 1e6:.2f} M;  FLOPs / forward {size['flops'] / 1e9:.3f} G")
     print(f"results           {outcome.results_dir} ({outcome.tracked} tracked, "
           f"{outcome.sequences - outcome.tracked} kept)")
@@ -202,6 +203,10 @@ def add_commands(subparsers) -> None:
                           help="results folder (default results/<name>, or results/<checkpoint>_<kind>_<split>); "
                                "complete sequences already there are kept")
     evaluate.add_argument("--gpu", action="store_true", help="one GPU per Ray task")
+    evaluate.add_argument("--cpus-per-task", type=float, default=1.0,
+                          help="Ray CPUs reserved per sequence task (default 1)")
+    evaluate.add_argument("--threads-per-task", type=int, default=1,
+                          help="torch threads per sequence task (default 1; the speed measured is per task)")
     evaluate.add_argument("--got10k-submission", action="store_true",
                           help="also write the GOT-10k server layout to <out>/got10k_submission")
     evaluate.add_argument("--trackingnet-submission", action="store_true",

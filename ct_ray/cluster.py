@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 LOCAL_RAY_ENV = {
     # Binds every socket of a local instance to 127.0.0.1 (without it Ray listens on the routable address).
@@ -16,16 +17,23 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Attach to ``address`` (or ``RAY_ADDRESS``, as ``ray job submit`` sets it); otherwise start a local instance
     on 127.0.0.1 with the dashboard on (Train and Tune clean up placement groups through it).
 
-    A local instance declares twice the machine's cores as logical CPUs (at least 4): training workers that
-    reserve CPUs must leave some to the Ray Data decode tasks and the validation tasks, or the job waits forever.
+    A local instance declares twice the machine's cores as logical CPUs (at least 4) unless ``num_cpus`` is given:
+    training workers that reserve CPUs must leave some to the Ray Data decode tasks and the validation tasks, or the
+    job waits forever.
     """
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
+        if "ray" in sys.modules:
+            # Ray reads the loopback switch when it is first imported; apply it if Ray came in earlier.
+            import ray._private.ray_constants as ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
     import ray
 
     if ray.is_initialized():
         return
-    for key, value in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
         return

@@ -6,9 +6,10 @@ bookkeeping (``ct_ray.mlflow_utils``).
 
 Timing. ``tracking_ms`` / ``tracking_fps`` are the median per-frame wall-clock time of the tracking loop (crop,
 copy, forward, window, decode) read back from the ``<seq>_time.txt`` files, frame 0 (the initialisation) excluded,
-pooled over all sequences. The sequences run in parallel Ray tasks with one thread each, so this is the speed of one
-tracker on one core (or one GPU) while the others run beside it; ``forward_ms`` / ``forward_fps`` (``--profile``)
-are network-only latencies measured alone after a warm-up (what papers report).
+pooled over all sequences. The sequences run in parallel Ray tasks with one thread each (``--threads-per-task``),
+so this is the speed of one tracker on one core (or one GPU) while the others run beside it; a local Ray instance
+started by ``ct-ray eval`` declares one CPU per core so that the tasks do not share cores. ``forward_ms`` /
+``forward_fps`` (``--profile``) are network-only latencies measured alone after a warm-up (what papers report).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import csv
 import hashlib
 import io
 import json
-import math
+import os
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from ct_ray.evaluation.results import (
 from ct_ray.fileio import atomic_write_text
 
 __all__ = [
+    "COMPARE_COLUMNS",
     "DEFAULT_SPLITS",
     "EvalOutcome",
     "ScoreReport",
@@ -46,11 +48,14 @@ __all__ = [
     "first_frame_only",
     "format_compare_table",
     "format_score_table",
+    "load_checkpoint",
     "load_sequences",
     "metric_prefix",
     "plot_results",
     "read_times",
+    "resolve_split",
     "score_results",
+    "speed_accuracy_points",
     "timing_summary",
     "write_compare_csv",
     "write_per_sequence_csv",
@@ -188,10 +193,6 @@ def score_results(results_dir: str | Path, sequences: list[Sequence], kind: str,
     return ScoreReport(benchmark, kind, split, extra)
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
 def format_score_table(report: ScoreReport) -> str:
     """Per-sequence rows and the overall row (percent)."""
     sequences = report.benchmark.sequences
@@ -322,7 +323,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str, *, kind: str = "ct
                         max_sequences: int | None = None, use_gpu: bool = False, got10k_submission: bool = False,
                         trackingnet_submission: bool = False, profile: bool = False, use_mlflow: bool = True,
                         mlflow_uri: str | None = None, experiment: str = "ct-ray", exclude_invalid: bool = False,
-                        progress: bool = True, log=print) -> EvalOutcome:
+                        cpus_per_task: float = 1.0, threads_per_task: int = 1, progress: bool = True,
+                        log=print) -> EvalOutcome:
     """``ct-ray eval``: track every sequence in its own Ray task (complete results are kept), write the submission
     layouts when asked, score (unless the split has first-frame-only ground truth), time, size, and log it all to
     MLflow: into the checkpoint's own run (meta ``mlflow_run_id``) when that run exists, else into a new run."""
@@ -347,13 +349,16 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str, *, kind: str = "ct
     results_dir.mkdir(parents=True, exist_ok=True)
     _claim_results_dir(results_dir, checkpoint, dataset, split)
 
-    init_ray(None)
+    # A local instance gets one logical CPU per core (not init_ray's default of two), so that the parallel tracking
+    # tasks do not share cores and the tracking-loop times stay those of one tracker per core.
+    init_ray(None, num_cpus=os.cpu_count() or 1)
     if use_gpu and not ray.cluster_resources().get("GPU", 0):
         raise ValueError("--gpu: the Ray cluster has no GPU")
     tracked = sum(1 for s in sequences if not result_complete(results_dir, s.name, len(s)))
     log(f"{len(sequences)} sequences of {dataset} (split {split}); {len(sequences) - tracked} already complete "
         f"in {results_dir}")
-    boxes = evaluate_sequences(model, sequences, results_dir, use_gpu=use_gpu, progress=progress,
+    boxes = evaluate_sequences(model, sequences, results_dir, use_gpu=use_gpu, cpus_per_task=cpus_per_task,
+                               threads_per_task=threads_per_task, progress=progress,
                                description=f"tracking {label}")
     names = [s.name for s in sequences]
     timing = timing_summary(results_dir, names)
@@ -409,6 +414,8 @@ def _log_to_mlflow(outcome: EvalOutcome, uri: str, experiment: str, checkpoint: 
     if created:
         tags = {"kind": meta.get("kind") or "external", "source_checkpoint": str(Path(checkpoint).resolve()),
                 **_model_tags(model, meta), **mlflow_utils.environment_tags()}
+        if run_id:
+            tags["checkpoint_run_id_missing"] = run_id  # the checkpoint names a run this store does not hold
         run_id = mlflow_utils.start_run(uri, experiment, label, params={}, tags=tags)
     metrics: dict[str, float] = {}
     if outcome.report is not None:

@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,27 @@ def _teacher_run_id(config: ExperimentConfig, bootstrapped: str | None) -> str:
     return "none"
 
 
+def _absolute(path: str | None) -> str | None:
+    if path is None or "://" in path:
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def resolve_paths(config: ExperimentConfig) -> ExperimentConfig:
+    """The config with every local path made absolute: Ray workers run in other working directories."""
+    val = config.data.val_dataset
+    if val:
+        kind, root = parse_dataset_spec(val)
+        val = f"{kind}:{_absolute(str(root))}"
+    return replace(
+        config,
+        teacher=replace(config.teacher, path=_absolute(config.teacher.path),
+                        bootstrap=_absolute(config.teacher.bootstrap)),
+        data=replace(config.data, shards=_absolute(config.data.shards), val_dataset=val),
+        run=replace(config.run, storage_path=_absolute(config.run.storage_path)),
+    )
+
+
 def teacher_depth(config: ExperimentConfig) -> int:
     """The teacher's block count, read without building the training module (from its file, or from the
     bootstrap config when the file is still to be trained)."""
@@ -174,7 +195,7 @@ def run_tags(config: ExperimentConfig, teacher_run_id: str, division: StageDivis
     return tags
 
 
-def _trainer(config: ExperimentConfig, loop_config: dict, fs_path: str):
+def _trainer(config: ExperimentConfig, loop_config: dict, fs_path: str, callbacks: list | None = None):
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -202,6 +223,7 @@ def _trainer(config: ExperimentConfig, loop_config: dict, fs_path: str):
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.run.keep_checkpoints,
                                                      checkpoint_score_attribute="checkpoint_score",
                                                      checkpoint_score_order="max"),
+        callbacks=callbacks or None,
     )
     trainer = TorchTrainer(
         train_loop_per_worker=_loop(),
@@ -223,10 +245,15 @@ def _loop():
 
 
 def train(config: ExperimentConfig, config_path: str | None = None, resume: bool = False,
-          ray_address: str | None = None) -> TrainOutcome:
-    """Runs (or continues) the training run ``config.run.name`` in ``config.run.storage_path``."""
+          ray_address: str | None = None, callbacks: list | None = None,
+          parent_run_id: str | None = None) -> TrainOutcome:
+    """Runs (or continues) the training run ``config.run.name`` in ``config.run.storage_path``.
+
+    ``callbacks`` are ``ray.train.UserCallback`` objects (Tune passes its report callback); ``parent_run_id`` nests
+    the run's MLflow run under a parent (a Tune search)."""
     from ct_ray.cluster import init_ray
 
+    config = resolve_paths(config)
     uri = mlflow_utils.resolve_tracking_uri(config.mlflow.tracking_uri) if config.mlflow.enabled else None
     if uri:
         mlflow_utils.check_reachable(uri)
@@ -250,13 +277,14 @@ def train(config: ExperimentConfig, config_path: str | None = None, resume: bool
         params = flatten(to_dict(config))
         params.update({"steps_per_epoch": steps, "shards.total_rows": manifest["total_rows"]})
         run_id = mlflow_utils.start_run(uri, config.mlflow.experiment, config.run.name, params,
-                                        run_tags(config, _teacher_run_id(config, teacher_run), division))
+                                        run_tags(config, _teacher_run_id(config, teacher_run), division),
+                                        parent_run_id=parent_run_id)
     _write_text(fs, f"{run_dir}/{CONFIG_FILE}", yaml.safe_dump(to_dict(config), sort_keys=False))
     _write_text(fs, f"{run_dir}/{RUN_RECORD}", json.dumps({"mlflow_run_id": run_id, "mlflow_uri": uri,
                                                            "config_path": config_path}, indent=2))
     loop_config = {"experiment": to_dict(config), "steps_per_epoch": steps, "epochs_per_pass": epochs_per_pass,
                    "mlflow_uri": uri, "mlflow_run_id": run_id}
-    trainer, counter = _trainer(config, loop_config, storage)
+    trainer, counter = _trainer(config, loop_config, storage, callbacks)
     try:
         result = trainer.fit()
     except BaseException:

@@ -1,0 +1,62 @@
+"""Two Ray nodes on this machine (ray.cluster_utils.Cluster), a 2-worker SPREAD CompressTracker run across them.
+
+Run by tests/test_cluster.py in its own process (a process holds one Ray connection). Prints one JSON line: the
+node of every training worker and the run's last epoch.
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from ct_ray.cluster import LOCAL_RAY_ENV
+
+for key, value in LOCAL_RAY_ENV.items():
+    os.environ.setdefault(key, value)
+
+import ray  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import SAMPLING, TINY_TRACKER, write_lasot_tree  # noqa: E402
+
+
+def main(workdir: str) -> None:
+    root = Path(workdir)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": True,
+                                                            "dashboard_host": "127.0.0.1"})
+    cluster.add_node(num_cpus=3)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        from ct_ray.config import load_config
+        from ct_ray.data.ray_data import build_shards
+        from ct_ray.data.shards import ShardPlan, SourceSpec
+        from ct_ray.models import OneStreamTracker, save_tracker
+        from ct_ray.train.config import ExperimentConfig
+        from ct_ray.train.launcher import train
+        from ray.util.state import list_actors
+
+        lasot = write_lasot_tree(root / "lasot", sequences=3, frames=10)
+        plan = ShardPlan(sources=(SourceSpec(f"lasot:{lasot}", "train"),), pairs_per_epoch=32, epochs=1,
+                         pairs_per_shard=16, seed=0, sampling=SAMPLING)
+        build_shards(plan, root / "shards", progress=False)
+        torch.manual_seed(0)
+        save_tracker(root / "teacher.pt", OneStreamTracker(TINY_TRACKER))
+        config = load_config(ExperimentConfig, None, [
+            f"teacher.path={root / 'teacher.pt'}", "student.num_stages=2", f"data.shards={root / 'shards'}",
+            "data.val_dataset=null", "data.batch_size=8", "run.epochs=2", f"run.storage_path={root / 'runs'}",
+            "run.name=spread", "scaling.num_workers=2", "scaling.placement_strategy=SPREAD",
+            f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}"])
+        outcome = train(config)
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True)
+        print(json.dumps({"nodes": sorted({w["node_id"] for w in workers}), "workers": len(workers),
+                          "cluster_nodes": len(ray.nodes()), "epoch": outcome.metrics["epoch"]}))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
