@@ -114,6 +114,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Ray Tune search over stage divisions, replacement schedules, loss weights and student depths (ASHA)."""
+    from ct_ray.search.config import load_search, total_trials
+    from ct_ray.search.runner import format_table, run_search
+
+    search = load_search(args.config)
+    print(f"search {search.tune.name}: {total_trials(search)} trials, every grid point checked")
+    summaries, files = run_search(search, resume=args.resume, ray_address=args.address)
+    print(format_table(summaries))
+    for name, path in files.items():
+        print(f"{name:>12}: {path}")
+    return 0
+
+
 def _add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint file")
     parser.add_argument("--kind", default="ct-ray", choices=sorted(TEACHERS),
@@ -147,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run (<storage_path>/<name>)")
     train.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
     train.set_defaults(func=cmd_train)
+
+    tune = commands.add_parser("tune", help=cmd_tune.__doc__, description=cmd_tune.__doc__)
+    tune.add_argument("--config", required=True, help="search YAML (experiments/tune_*.yaml)")
+    tune.add_argument("--resume", action="store_true", help="continue an interrupted search")
+    tune.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
+    tune.set_defaults(func=cmd_tune)
 
     data = commands.add_parser("data", help="datasets: synthetic benchmark, crop-pair shards")
     data_commands = data.add_subparsers(dest="data_command", required=True)

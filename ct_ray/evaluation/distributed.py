@@ -6,6 +6,7 @@ from typing import Iterable
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 import torch
 from tqdm.auto import tqdm
 
@@ -43,7 +44,9 @@ def evaluate_sequences(model: OneStreamTracker, sequences: Iterable[Sequence], r
     if todo:
         config = ray.put(model.config.to_dict())
         state = ray.put({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        options = {"num_cpus": cpus_per_task, "num_gpus": 1 if use_gpu else 0}
+        # Outside any placement group: called from a training worker, the tasks must not be captured by its bundle.
+        options = {"num_cpus": cpus_per_task, "num_gpus": 1 if use_gpu else 0,
+                   "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None)}
         pending = [_track_task.options(**options).remote(config, state, s, use_gpu, threads_per_task) for s in todo]
         with tqdm(total=len(sequences), initial=len(results), desc=description, unit="seq",
                   disable=not progress) as bar:

@@ -1,0 +1,133 @@
+"""Ray Tune searches: space checks, a 4-trial search over two depths interrupted after its first trial and resumed."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from ct_ray.config import ConfigError, from_dict, to_dict
+from ct_ray.models import OneStreamTracker, save_tracker
+from ct_ray.search.config import SearchConfig, check_search, grid_points, load_search, parse_space
+from helpers import SAMPLING, TINY_TRACKER, write_lasot_tree
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_space_grid_and_dependent_choices():
+    dimensions = parse_space({
+        "student.num_stages": [2, 4],
+        "student.stages": {"per": "student.num_stages", "choices": {2: [[6, 6]], 4: [[3, 3, 3, 3], [2, 4, 4, 2]]}},
+        "schedule.initial_p": [0.3, 0.5],
+        "optim.lr": {"loguniform": [1e-4, 1e-3]},
+    })
+    points = grid_points(dimensions)
+    assert len(points) == 6
+    assert {"student.num_stages": 4, "student.stages": [2, 4, 4, 2], "schedule.initial_p": 0.3} in points
+    with pytest.raises(ConfigError, match=r"search\.student\.stages: no choices for student\.num_stages = \[3\]"):
+        parse_space({"student.num_stages": [2, 3],
+                     "student.stages": {"per": "student.num_stages", "choices": {2: [[6, 6]]}}})
+    with pytest.raises(ConfigError, match=r"search\.optim\.lr: loguniform bounds"):
+        parse_space({"optim.lr": {"loguniform": [0, 1]}})
+
+
+@pytest.fixture(scope="module")
+def search_workspace(tmp_path_factory, ray_session):
+    from ct_ray.data.ray_data import build_shards
+    from ct_ray.data.shards import ShardPlan, SourceSpec
+
+    root = tmp_path_factory.mktemp("search")
+    lasot = write_lasot_tree(root / "lasot", sequences=3, frames=10)
+    plan = ShardPlan(sources=(SourceSpec(f"lasot:{lasot}", "train"),), pairs_per_epoch=16, epochs=1,
+                     pairs_per_shard=16, seed=0, sampling=SAMPLING)
+    build_shards(plan, root / "shards", progress=False)
+    torch.manual_seed(0)
+    save_tracker(root / "teacher.pt", OneStreamTracker(TINY_TRACKER))
+    base = {"kind": "compresstracker", "teacher": {"path": str(root / "teacher.pt")},
+            "data": {"shards": str(root / "shards"), "val_dataset": f"lasot:{lasot}", "val_split": "test",
+                     "batch_size": 8, "shuffle_buffer": 0},
+            "run": {"epochs": 2, "validate_every": 2, "storage_path": str(root / "runs")}}
+    (root / "base.yaml").write_text(yaml.safe_dump(base))
+    return root
+
+
+def search_config(root: Path) -> SearchConfig:
+    return from_dict(SearchConfig, {
+        "base": str(root / "base.yaml"),
+        "search": {"student.num_stages": [1, 2], "schedule.initial_p": [0.3, 0.7]},
+        "tune": {"name": "s", "storage_path": str(root / "tune"), "max_concurrent_trials": 1},
+        "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "search"},
+    })
+
+
+def test_invalid_space_rejected_before_the_search(search_workspace):
+    search = from_dict(SearchConfig, {"base": str(search_workspace / "base.yaml"),
+                                      "search": {"student.stages": [[1, 2], [2, 2]]}})
+    with pytest.raises(ConfigError, match=r"covers 3 blocks, but the teacher has 4"):
+        check_search(search)
+    bad_key = from_dict(SearchConfig, {"base": str(search_workspace / "base.yaml"),
+                                       "search": {"student.num_stage": [1, 2]}})
+    with pytest.raises(ConfigError, match=r"student\.num_stage"):
+        check_search(bad_key)
+    for path in sorted((REPO / "experiments").glob("tune_*.yaml")):
+        from_dict(SearchConfig, yaml.safe_load(path.read_text()))
+    assert check_search(load_search(str(REPO / "experiments" / "tune_smoke.yaml"))) == 4
+
+
+def test_search_interrupted_after_first_trial_resumes(search_workspace, ray_session):
+    """`ct-ray tune` is interrupted (SIGINT) once its first trial has finished; `--resume` finishes the rest."""
+    from ct_ray.search.runner import run_search
+
+    search = search_config(search_workspace)
+    path = search_workspace / "search.yaml"
+    path.write_text(yaml.safe_dump(to_dict(search)))
+    client = MlflowClient(f"sqlite:///{search_workspace / 'mlflow.db'}")
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0"}
+    driver = subprocess.Popen([sys.executable, "-m", "ct_ray.cli", "tune", "--config", str(path), "--address",
+                               ray_session.get_runtime_context().gcs_address], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = []
+    deadline = time.time() + 300
+    while time.time() < deadline and not first and driver.poll() is None:
+        time.sleep(1)
+        experiment = client.get_experiment_by_name("search")
+        if experiment is not None:
+            first = [r for r in client.search_runs([experiment.experiment_id])
+                     if r.info.run_name.startswith("trial-") and r.info.status == "FINISHED"]
+    assert first, "the first trial did not finish"
+    time.sleep(3)
+    driver.send_signal(signal.SIGINT)
+    try:
+        driver.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        driver.kill()
+        driver.wait()
+    experiment = client.get_experiment_by_name("search").experiment_id
+    finished_before = [r for r in client.search_runs([experiment])
+                       if r.info.run_name.startswith("trial-") and r.info.status == "FINISHED"]
+    assert 1 <= len(finished_before) < 4
+
+    summaries, files = run_search(search, resume=True, progress=False)
+    runs = client.search_runs([experiment])
+    parents = [r for r in runs if r.data.tags.get("kind") == "search"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(nested) == 4 and len({r.info.run_name for r in nested}) == 4
+    assert sum(r.info.run_name == first[0].info.run_name for r in nested) == 1
+    # The first trial trained its 2 epochs once: a repeat would log its epochs again.
+    assert [m.step for m in client.get_metric_history(first[0].info.run_id, "loss_total")] == [1, 2]
+    assert {r.data.tags["student_depth"] for r in nested} == {"1", "2"}
+    assert len(summaries) == 4 and {s.depth for s in summaries} == {1, 2}
+    assert all(s.auc is not None and s.fps and s.fps > 0 for s in summaries)
+    assert any(s.pareto for s in summaries)
+    table = Path(files["table"]).read_text().splitlines()
+    assert len(table) == 5 and table[0].startswith("trial,depth,division")
+    best = yaml.safe_load(Path(files["best_depth2"]).read_text())
+    assert best["student"]["num_stages"] == 2 and best["kind"] == "compresstracker"
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "search")}
+    assert {"search/pareto.csv", "search/pareto.png", "search/best_depth1.yaml",
+            "search/best_depth2.yaml"} <= artifacts
