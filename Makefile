@@ -1,16 +1,24 @@
-# Set-up and test commands of the README. PYTHON picks the interpreter that creates the virtual environment.
+# Set-up, main job and test commands of the README. PYTHON picks the interpreter that creates the virtual environment.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test
+.PHONY: install smoke test
 
 # torch and torchvision are pinned together: timm imports torchvision, which must match torch.
-install:
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
 
-test:
+install: $(VENV)/.installed
+
+# The main job: a small end-to-end experiment on the embedded defaults (local Ray on 127.0.0.1, the local MLflow
+# store ./mlflow.db, generated synthetic data): teacher, CompressTracker, validation, everything logged.
+smoke: install
+	$(BIN)/ct-ray train --config experiments/smoke.yaml
+
+test: install
 	$(BIN)/python -m pytest -q

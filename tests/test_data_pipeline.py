@@ -1,6 +1,5 @@
 """Pair sampling, crop-pair shards and the Ray Data pipeline, on a small LaSOT-format tree the test writes."""
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa

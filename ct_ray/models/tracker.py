@@ -7,10 +7,9 @@ head. Parameter names follow timm / OSTrack's backbone so that checkpoints map o
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from functools import partial
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
