@@ -128,6 +128,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Draw the tracked box on every frame of a video or a sequence folder and write an mp4."""
+    from ct_ray.demo import render_demo, render_sequence_demo, video_frames
+
+    model = _load(args)
+    box = [float(v) for v in args.init_box.split(",")] if args.init_box else None
+    if box is not None and len(box) != 4:
+        raise ValueError(f"--init-box must be x,y,w,h, got {args.init_box!r}")
+    if args.video:
+        if box is None:
+            raise ValueError("--video needs --init-box x,y,w,h (the target on the first frame)")
+        info = render_demo(model, video_frames(args.video), box, args.out, args.fps, device=args.device)
+    else:
+        info = render_sequence_demo(model, args.sequence, args.out, box, args.fps, device=args.device)
+    print(f"wrote {info['frames']} frames to {info['out']}")
+    return 0
+
+
 def _add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint file")
     parser.add_argument("--kind", default="ct-ray", choices=sorted(TEACHERS),
@@ -200,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--jpeg-quality", type=int, default=95)
     shards.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
     shards.set_defaults(func=cmd_data_shards)
+    demo = commands.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
+    _add_checkpoint_arguments(demo)
+    source = demo.add_mutually_exclusive_group(required=True)
+    source.add_argument("--video", help="video file (needs --init-box)")
+    source.add_argument("--sequence", help="sequence folder: img/ frames, groundtruth.txt (first box initialises)")
+    demo.add_argument("--init-box", help="x,y,w,h of the target on the first frame")
+    demo.add_argument("--out", required=True, help="output video (.mp4)")
+    demo.add_argument("--fps", type=float, default=25.0)
+    demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    demo.set_defaults(func=cmd_demo)
+
     add_eval_commands(commands)
     return parser
 
