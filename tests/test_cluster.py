@@ -43,17 +43,23 @@ def test_cluster_yaml_is_valid_for_the_ray_launcher():
         validate(broken)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: every socket stays bound until all are chosen."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @pytest.fixture
 def local_head(tmp_path):
     """A real `ray start --head` on 127.0.0.1 run as a child process; stopped by its pid (not `ray stop`). Its
     ports are free ones, so it does not collide with the test session's own Ray instance."""
-    gcs, dashboard, agent, agent_grpc, metrics, runtime_env, client = (free_port() for _ in range(7))
+    gcs, dashboard, agent, agent_grpc, metrics, runtime_env, client = free_ports(7)
     temp_dir = tempfile.mkdtemp(prefix="ctray-", dir="/tmp")  # short: Ray's unix socket paths must stay short
     env = {**os.environ, **LOCAL_RAY_ENV, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
@@ -91,11 +97,15 @@ def test_ray_job_submit_runs_a_training_job(local_head, tmp_path):
     torch.manual_seed(0)
     save_tracker(tmp_path / "teacher.pt", OneStreamTracker(TINY_TRACKER))
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    build = subprocess.run(
-        [str(BIN / "ct-ray"), "data", "shards", "--source", f"lasot:{lasot}@train", "--pairs-per-epoch", "32",
-         "--pairs-per-shard", "16", "--template-size", "32", "--search-size", "64", "--max-gap", "5",
-         "--out", str(tmp_path / "shards"), "--address", gcs],
-        env=env, capture_output=True, text=True, timeout=300)
+    for _ in range(3):  # a driver may find the fresh head not yet ready for connections
+        build = subprocess.run(
+            [str(BIN / "ct-ray"), "data", "shards", "--source", f"lasot:{lasot}@train", "--pairs-per-epoch", "32",
+             "--pairs-per-shard", "16", "--template-size", "32", "--search-size", "64", "--max-gap", "5",
+             "--out", str(tmp_path / "shards"), "--address", gcs],
+            env=env, capture_output=True, text=True, timeout=300)
+        if "Failed to connect" not in build.stderr:
+            break
+        time.sleep(5)
     assert build.returncode == 0, build.stderr[-2000:]
     overrides = [f"teacher.path={tmp_path / 'teacher.pt'}", "student.num_stages=2",
                  f"data.shards={tmp_path / 'shards'}", f"data.val_dataset=lasot:{lasot}", "data.val_split=test",

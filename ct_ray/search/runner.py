@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ def _trial(trial_values: dict[str, Any]) -> None:
     from ct_ray.train.launcher import train
 
     spec = trial_values[SPEC_KEY]
+    os.chdir(spec["cwd"])  # Tune starts trials in their own folders; the configs' relative paths are the driver's
     search = from_dict(SearchConfig, spec["search"])
     values = {k: v for k, v in trial_values.items() if k != SPEC_KEY}
     config = trial_config(search, values)
@@ -184,6 +186,7 @@ def run_search(search: SearchConfig, resume: bool = False, ray_address: str | No
                progress: bool = True, tune_callbacks: list | None = None) -> tuple[list[TrialSummary], dict[str, Any]]:
     """Runs (or with ``resume`` continues) the search; returns the trial summaries and the report's files."""
     from ct_ray.cluster import init_ray
+    from ct_ray.train.launcher import bootstrap_teacher, prepare_data, resolve_paths
 
     storage = Path(search.tune.storage_path).resolve()
     search_dir = storage / search.tune.name
@@ -203,8 +206,11 @@ def run_search(search: SearchConfig, resume: bool = False, ray_address: str | No
                                          "trials": total_trials(search), **mlflow_utils.environment_tags()})
     search_dir.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"parent_run_id": parent, "mlflow_uri": uri}))
-    base = trial_config(search, {})
-    spec = {"search": to_dict(search), "trials_path": str(trials_path), "mlflow_uri": uri, "parent_run_id": parent,
+    base = resolve_paths(trial_config(search, {}))
+    # Shared inputs are made once here, not by concurrent trials: a missing teacher, missing synthetic data.
+    bootstrap_teacher(base)
+    prepare_data(base)
+    spec = {"search": to_dict(search), "trials_path": str(trials_path), "cwd": str(Path.cwd()), "mlflow_uri": uri, "parent_run_id": parent,
             "base_storage": base.run.storage_path}
     function = tune.with_resources(_grid_trial, {"cpu": 0.01})
     if resume and tune.Tuner.can_restore(str(search_dir)):
