@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install smoke test
+.PHONY: install quickstart smoke test
 
 # torch and torchvision are pinned together: timm imports torchvision, which must match torch.
 $(VENV)/.installed: pyproject.toml
@@ -15,8 +15,14 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The main job: a small end-to-end experiment on the embedded defaults (local Ray on 127.0.0.1, the local MLflow
-# store ./mlflow.db, generated synthetic data): teacher, CompressTracker, validation, everything logged.
+# The main job: `ct-ray quickstart` on the embedded defaults (local Ray on 127.0.0.1, the local MLflow store
+# ./mlflow.db, generated synthetic data): data, a 12-block teacher, CompressTracker-4 and both baselines, evaluated on
+# the held-out test sequences, one table. PRESET=full for the bigger study.
+PRESET ?= small
+quickstart: install
+	$(BIN)/ct-ray quickstart --preset $(PRESET)
+
+# A two-minute end-to-end check: tiny teacher, CompressTracker for 2 epochs, validation, MLflow.
 smoke: install
 	$(BIN)/ct-ray train --config experiments/smoke.yaml
 

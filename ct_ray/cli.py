@@ -128,6 +128,48 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_study(outcome, title: str) -> None:
+    print()
+    print(title)
+    print(outcome.table)
+    for name, path in outcome.files.items():
+        print(f"{name:>9}: {path}")
+    if outcome.mlflow_uri:
+        print(f"MLflow    : study run {outcome.mlflow_run_id}, every training run nested under it")
+        print(f"look at it: mlflow ui --backend-store-uri {outcome.mlflow_uri} --host 127.0.0.1 --port 5000")
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """Data, a 12-block teacher, CompressTracker-4 and both baselines on its budget, all evaluated: one table."""
+    from ct_ray.quickstart import load_preset, quickstart_arms, run_study, with_scaling
+
+    preset = with_scaling(load_preset(args.preset), args.workers, args.gpu)
+    out = args.out or f"outputs/quickstart-{preset.name}"
+    outcome = run_study(preset, out, quickstart_arms(preset), [args.seed], name="quickstart",
+                        ray_address=args.address)
+    _print_study(outcome, f"quickstart ({preset.name} preset, seed {args.seed}): test sequences of "
+                          f"{outcome.out / 'data' / 'benchmark'}")
+    return 0
+
+
+def cmd_ablations(args: argparse.Namespace) -> int:
+    """CompressTracker, its ablations (experiments/ablations/*.yaml) and the baselines over several seeds."""
+    from pathlib import Path
+
+    from ct_ray.quickstart import ablation_arms, load_preset, run_study, with_scaling
+
+    preset = with_scaling(load_preset(args.preset), args.workers, args.gpu)
+    files = args.ablation or sorted(Path(args.ablations_dir).glob("*.yaml"))
+    if not files:
+        raise ValueError(f"no ablation configs: {args.ablations_dir} holds no *.yaml (or pass --ablation FILE)")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = args.out or f"outputs/quickstart-{preset.name}"
+    arms = ablation_arms(preset, files, baselines=not args.no_baselines)
+    outcome = run_study(preset, out, arms, seeds, name="ablations", ray_address=args.address)
+    _print_study(outcome, f"ablations ({preset.name} preset, seeds {args.seeds}; mean ± standard deviation)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Draw the tracked box on every frame of a video or a sequence folder and write an mp4."""
     from ct_ray.demo import render_demo, render_sequence_demo, video_frames
@@ -153,6 +195,11 @@ def _add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-heads", type=int, default=None,
                         help="attention heads (OSTrack / ViT files do not record it; default dim // 64)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_study_scaling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=None, help="Ray Train workers per run (default: the preset's)")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl, bf16 autocast), GPU evaluation")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +232,28 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--resume", action="store_true", help="continue an interrupted search")
     tune.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
     tune.set_defaults(func=cmd_tune)
+
+    quickstart = commands.add_parser("quickstart", help=cmd_quickstart.__doc__, description=cmd_quickstart.__doc__)
+    quickstart.add_argument("--preset", default="small",
+                            help="small (about 20 min on 2 CPU cores), full (about 2 h there) or a preset YAML file")
+    quickstart.add_argument("--out", default=None, help="study folder (default outputs/quickstart-PRESET); "
+                                                        "running again there reuses finished work")
+    quickstart.add_argument("--seed", type=int, default=0, help="seed of the student runs")
+    quickstart.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
+    _add_study_scaling(quickstart)
+    quickstart.set_defaults(func=cmd_quickstart)
+
+    ablations = commands.add_parser("ablations", help=cmd_ablations.__doc__, description=cmd_ablations.__doc__)
+    ablations.add_argument("--preset", default="small", help="small, full or a preset YAML file")
+    ablations.add_argument("--out", default=None, help="study folder (default outputs/quickstart-PRESET: the "
+                                                       "quickstart's data, teacher and seed-0 runs are reused)")
+    ablations.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the student runs")
+    ablations.add_argument("--ablations-dir", default="experiments/ablations", help="folder of ablation YAMLs")
+    ablations.add_argument("--ablation", action="append", help="one ablation YAML (repeat; replaces --ablations-dir)")
+    ablations.add_argument("--no-baselines", action="store_true", help="leave out student-only and distillation")
+    ablations.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
+    _add_study_scaling(ablations)
+    ablations.set_defaults(func=cmd_ablations)
 
     data = commands.add_parser("data", help="datasets: synthetic benchmark, crop-pair shards")
     data_commands = data.add_subparsers(dest="data_command", required=True)

@@ -1,0 +1,210 @@
+"""``ct-ray quickstart`` / ``ct-ray ablations``: presets, derived arms, the summary table, and a whole tiny study."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from ct_ray.config import ConfigError
+from ct_ray.quickstart import (
+    AblationSpec,
+    Preset,
+    TrackerResult,
+    ablation_arm,
+    ablation_arms,
+    baseline_arms,
+    format_markdown,
+    load_preset,
+    quickstart_arms,
+    rebase,
+    summarise,
+)
+from ct_ray.train.config import RunKind, ScheduleKind
+
+REPO = Path(__file__).resolve().parents[1]
+ABLATIONS = sorted((REPO / "experiments" / "ablations").glob("*.yaml"))
+
+
+def test_embedded_presets_load_and_baselines_share_the_budget():
+    for name in Preset:
+        preset = load_preset(name)
+        assert preset.name == name.value and preset.teacher.model.depth == 12
+        ct, (student_only, distillation) = preset.compresstracker, baseline_arms(preset)
+        assert ct.student.stage_count == 4 and ct.schedule.kind is ScheduleKind.PROGRESSIVE
+        for arm in (student_only, distillation):
+            config = arm.config
+            assert (config.run.epochs, config.data, config.optim, config.scaling, config.student) == \
+                (ct.run.epochs, ct.data, ct.optim, ct.scaling, ct.student)
+        assert student_only.config.kind is RunKind.STUDENT_ONLY
+        assert (student_only.config.losses.guidance, student_only.config.losses.mimicking) == (0.0, 0.0)
+        assert distillation.config.kind is RunKind.DISTILLATION and distillation.config.losses == ct.losses
+        assert len({a.config.run.name for a in quickstart_arms(preset)}) == 3
+    full, small = load_preset("full"), load_preset(Preset.SMALL)
+    assert full.teacher.model.embed_dim > small.teacher.model.embed_dim
+    assert full.teacher.data.synth.sequences > small.teacher.data.synth.sequences
+
+
+def test_ablation_files_change_only_what_they_name():
+    preset = load_preset(Preset.SMALL)
+    arms = {arm.label: arm.config for arm in ablation_arms(preset, ABLATIONS)}
+    assert list(arms) == ["CompressTracker-4", "fixed p = 0.5", "no guidance", "no mimicking", "student only",
+                          "distillation"]
+    ct = arms["CompressTracker-4"]
+    fixed = arms["fixed p = 0.5"]
+    assert fixed.schedule.kind is ScheduleKind.FIXED and fixed.schedule.build()(1, 10) == 0.5
+    assert fixed.losses == ct.losses and fixed.run.name == "ct4-fixed_p05"
+    assert arms["no guidance"].losses.guidance == 0.0 and arms["no guidance"].losses.mimicking == ct.losses.mimicking
+    assert arms["no mimicking"].losses.mimicking == 0.0 and arms["no mimicking"].losses.guidance == ct.losses.guidance
+    for config in arms.values():
+        assert config.run.epochs == ct.run.epochs and config.optim == ct.optim
+    with pytest.raises(ConfigError, match=r"schedule\.pp"):
+        ablation_arm(preset, AblationSpec("typo", ["schedule.pp=0.5"]), "typo")
+    with pytest.raises(ConfigError, match="kind must stay compresstracker"):
+        ablation_arm(preset, AblationSpec("other", ["kind=distillation"]), "other")
+    with pytest.raises(ConfigError, match="overrides must name"):
+        from ct_ray.config import from_dict
+
+        from_dict(AblationSpec, {"label": "empty", "overrides": []})
+
+
+def test_rebase_places_relative_paths_in_the_study_folder(tmp_path):
+    preset = load_preset(Preset.SMALL)
+    config = rebase(preset.compresstracker, tmp_path)
+    assert config.data.shards == str(tmp_path / "data/shards")
+    assert config.data.val_dataset == f"synthetic:{tmp_path / 'data/benchmark'}"
+    assert config.run.storage_path == str(tmp_path / "runs") and config.teacher.path == str(tmp_path / "teacher.pt")
+
+
+def _result(label, seed, auc, ms, flops, depth=4):
+    return TrackerResult(label=label, seed=seed, run_name=f"{label}-{seed}", checkpoint="x.pt", depth=depth, auc=auc,
+                         precision=auc + 1, norm_precision=auc + 2, tracking_ms=ms, flops=flops, params=1,
+                         mlflow_run_id=None)
+
+
+def test_summary_rows_are_means_spreads_and_ratios_against_the_teacher():
+    teacher = _result("teacher", None, 60.0, 30.0, 1200, depth=12)
+    rows = summarise(teacher, {"CT": [_result("CT", 0, 57.0, 10.0, 400), _result("CT", 1, 59.0, 14.0, 400)],
+                               "alone": [_result("alone", 0, 48.0, 12.0, 400)]})
+    assert [r.label for r in rows] == ["teacher (12 blocks)", "CT", "alone"]
+    assert rows[0].speed_up is None and rows[0].retention is None and rows[0].fps == pytest.approx(1000 / 30)
+    ct = rows[1]
+    assert ct.auc == pytest.approx((58.0, 2 ** 0.5)) and ct.precision[0] == pytest.approx(59.0)
+    assert ct.speed_up == pytest.approx(30.0 / 12.0) and ct.flops_ratio == pytest.approx(3.0)
+    assert ct.retention[0] == pytest.approx(100 * 58 / 60) and ct.seeds == [0, 1]
+    assert rows[2].auc == (48.0, 0.0) and rows[2].retention[0] == pytest.approx(80.0)
+    markdown = format_markdown(rows).splitlines()
+    assert len(markdown) == 5 and "58.0 ± 1.4" in markdown[3] and "96.7 ± 2.4" in markdown[3]
+    assert "| alone | 4 | 1 | 48.0 |" in markdown[4]
+
+
+TINY_PRESET = {
+    "name": "tiny",
+    "teacher": {
+        "kind": "teacher",
+        "model": {"embed_dim": 32, "depth": 4, "num_heads": 2, "head_channels": 16, "template_size": 32,
+                  "search_size": 64},
+        "losses": {"guidance": 0.0, "mimicking": 0.0},
+        "data": {"shards": "data/shards", "val_dataset": "synthetic:data/benchmark", "val_split": "test",
+                 "batch_size": 8, "shuffle_buffer": 0,
+                 "synth": {"sequences": 4, "frames": 12, "seed": 0, "preset": "easy", "height": 96, "width": 128,
+                           "pairs_per_epoch": 16, "pairs_per_shard": 16}},
+        "run": {"name": "teacher", "storage_path": "runs", "epochs": 1},
+        "mlflow": {"experiment": "tiny-study"},
+    },
+    "compresstracker": {
+        "kind": "compresstracker",
+        "teacher": {"path": "teacher.pt"},
+        "student": {"num_stages": 2},
+        "data": {"shards": "data/shards", "val_dataset": "synthetic:data/benchmark", "val_split": "test",
+                 "batch_size": 8, "shuffle_buffer": 0},
+        "run": {"name": "ct2", "storage_path": "runs", "epochs": 1},
+        "mlflow": {"experiment": "tiny-study"},
+    },
+}
+
+
+def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray_session, monkeypatch, capsys):
+    from ct_ray.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    preset_file = tmp_path / "tiny.yaml"
+    preset_file.write_text(yaml.safe_dump(TINY_PRESET))
+    out = tmp_path / "study"
+    assert main(["quickstart", "--preset", str(preset_file), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "teacher (4 blocks)" in printed and "CompressTracker-2" in printed
+    assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1" in printed
+
+    summary = json.loads((out / "quickstart.json").read_text())
+    rows = {row["label"]: row for row in summary["rows"]}
+    assert list(rows) == ["teacher (4 blocks)", "CompressTracker-2", "student only", "distillation"]
+    trackers = {t["run_name"]: t for t in summary["trackers"]}
+    assert set(trackers) == {"teacher", "ct2-s0", "ct2-student-only-s0", "ct2-distillation-s0"}
+    teacher = trackers["teacher"]
+    for run_name, label in (("ct2-s0", "CompressTracker-2"), ("ct2-student-only-s0", "student only")):
+        tracker, row = trackers[run_name], rows[label]
+        assert tracker["depth"] == 2 and row["depth"] == 2 and 0 <= tracker["auc"] <= 100
+        assert row["auc_mean"] == tracker["auc"] and row["auc_std"] == 0.0
+        assert row["speed_up"] == pytest.approx(teacher["tracking_ms"] / tracker["tracking_ms"])
+        assert row["flops_ratio"] == pytest.approx(teacher["flops"] / tracker["flops"]) and row["flops_ratio"] > 1.3
+        if teacher["auc"] > 0:
+            assert row["auc_retention_mean"] == pytest.approx(100 * tracker["auc"] / teacher["auc"])
+    assert (out / "quickstart.md").read_text().startswith("| tracker | blocks | seeds | AUC |")
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny-study")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = [r for r in runs if r.info.run_name == "quickstart"]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    parent_id = parent[0].info.run_id
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
+    assert set(children) == set(trackers)
+    for name, run in children.items():
+        assert run.data.metrics["test_auc"] == pytest.approx(trackers[name]["auc"])
+        assert run.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"quickstart.json", "quickstart.md"} <= artifacts
+    assert parent[0].data.metrics["compresstracker_2_auc"] == pytest.approx(rows["CompressTracker-2"]["auc_mean"])
+
+    ablation = tmp_path / "fixed.yaml"
+    ablation.write_text(yaml.safe_dump({"label": "fixed p = 0.5", "overrides": ["schedule.kind=fixed"]}))
+    assert main(["ablations", "--preset", str(preset_file), "--out", str(out), "--seeds", "0",
+                 "--ablation", str(ablation), "--no-baselines"]) == 0
+    printed = capsys.readouterr().out
+    assert "ct2-s0: finished earlier" in printed and "reusing" in printed
+    assert printed.count("  training ") == 1 and "training ct2-fixed-s0" in printed
+    ablation_rows = json.loads((out / "ablations.json").read_text())["rows"]
+    assert [r["label"] for r in ablation_rows] == ["teacher (4 blocks)", "CompressTracker-2", "fixed p = 0.5"]
+    assert ablation_rows[1]["auc_mean"] == rows["CompressTracker-2"]["auc_mean"]
+    runs_after = client.search_runs([experiment.experiment_id])
+    assert len(runs_after) == len(runs) + 2  # the ablation study's parent run and its one new training run
+
+
+def test_bad_preset_and_seeds_are_rejected_before_work(tmp_path):
+    from ct_ray.cli import main
+
+    bad = dict(TINY_PRESET, compresstracker=dict(TINY_PRESET["compresstracker"], student={"num_stages": 5}))
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    assert main(["quickstart", "--preset", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o" / "runs").exists()
+    typo = dict(TINY_PRESET, evaluation={"splt": "test"})
+    path.write_text(yaml.safe_dump(typo))
+    with pytest.raises(ConfigError, match=r"evaluation\.splt"):
+        load_preset(path)
+
+
+def test_scaling_changes_hardware_not_budget():
+    from ct_ray.quickstart import with_scaling
+
+    preset = load_preset(Preset.FULL)
+    scaled = with_scaling(preset, workers=4, gpu=True)
+    for before, after in ((preset.teacher, scaled.teacher), (preset.compresstracker, scaled.compresstracker)):
+        assert after.scaling.num_workers == 4 and after.scaling.use_gpu
+        assert (after.run, after.data, after.optim, after.model) == (before.run, before.data, before.optim, before.model)
+    assert scaled.evaluation.use_gpu and not preset.evaluation.use_gpu
+    assert with_scaling(preset) == preset
+    with pytest.raises(ValueError, match=r"scaling\.num_workers must be > 0"):
+        with_scaling(preset, workers=-1)
