@@ -41,8 +41,8 @@ TEACHER_FILE = "teacher.pt"
 
 
 class Preset(enum.Enum):
-    """The embedded quickstart presets: ``small`` (about 20 minutes on a 2-core CPU machine) and ``full`` (bigger
-    teacher, data and budget; about 2 hours there)."""
+    """The embedded quickstart presets: ``small`` (about 17 minutes on a 2-core CPU machine) and ``full`` (bigger
+    teacher, data and budget; about 70 minutes there)."""
 
     SMALL = "small"
     FULL = "full"

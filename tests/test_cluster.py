@@ -144,7 +144,7 @@ def test_ray_job_submit_runs_a_training_job(local_head, tmp_path):
 
 
 def test_two_nodes_spread_workers(tmp_path):
-    env = {**os.environ, **LOCAL_RAY_ENV}
+    env = {**os.environ, **LOCAL_RAY_ENV, "PYTHONPATH": str(REPO / "tests")}  # the script imports tests/helpers.py
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "two_node_train.py"), str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=600)

@@ -208,3 +208,18 @@ def test_scaling_changes_hardware_not_budget():
     assert with_scaling(preset) == preset
     with pytest.raises(ValueError, match=r"scaling\.num_workers must be > 0"):
         with_scaling(preset, workers=-1)
+
+
+def test_gpu_study_on_a_machine_without_gpus_is_refused_before_work(tmp_path, ray_session, monkeypatch, capsys):
+    import torch
+
+    from ct_ray.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    preset_file = tmp_path / "tiny.yaml"
+    preset_file.write_text(yaml.safe_dump(TINY_PRESET))
+    assert main(["quickstart", "--preset", str(preset_file), "--out", str(tmp_path / "o"), "--gpu"]) == 2
+    assert "the local Ray instance has 0" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "data").exists() and not (tmp_path / "o" / "runs").exists()

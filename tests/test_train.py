@@ -94,7 +94,13 @@ def _kill_a_worker_after_first_checkpoint(run_dir: Path, stop: threading.Event) 
         time.sleep(0.2)
     if stop.is_set():
         return
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    import ray
+
+    # Only this test's own workers: its Ray instance (not whatever else listens on this machine) and its job.
+    context = ray.get_runtime_context()
+    actors = list_actors(address=context.gcs_address,
+                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"),
+                                  ("job_id", "=", context.get_job_id())])
     for actor in actors:
         os.kill(int(actor["pid"]), signal.SIGKILL)
 

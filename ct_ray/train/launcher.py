@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -244,6 +245,20 @@ def _loop():
     return train_loop_per_worker
 
 
+def _check_local_gpus(config: ExperimentConfig, ray_address: str | None) -> None:
+    """A GPU run on a local Ray instance without enough GPUs would wait forever for its workers: refuse it. (A
+    cluster may add GPU nodes on demand, so there the autoscaler decides.)"""
+    if not config.scaling.use_gpu or ray_address or os.environ.get("RAY_ADDRESS"):
+        return
+    import ray
+
+    needed = config.scaling.num_workers * config.scaling.gpus_per_worker
+    available = ray.cluster_resources().get("GPU", 0)
+    if available < needed:
+        raise ConfigError(f"scaling.use_gpu: the run needs {needed:g} GPU(s) (scaling.num_workers x "
+                          f"scaling.gpus_per_worker) but the local Ray instance has {available:g}")
+
+
 def train(config: ExperimentConfig, config_path: str | None = None, resume: bool = False,
           ray_address: str | None = None, callbacks: list | None = None,
           parent_run_id: str | None = None) -> TrainOutcome:
@@ -264,6 +279,7 @@ def train(config: ExperimentConfig, config_path: str | None = None, resume: bool
         raise ConfigError(f"--resume: {run_dir} holds no ct-ray run ({RUN_RECORD} missing)")
     division = check_experiment(config)
     init_ray(ray_address)
+    _check_local_gpus(config, ray_address)
     teacher_run = bootstrap_teacher(config)
     prepare_data(config)
     manifest = read_manifest(config.data.shards)

@@ -1,10 +1,11 @@
 """Two Ray nodes on this machine (ray.cluster_utils.Cluster), a 2-worker SPREAD CompressTracker run across them.
 
-Run by tests/test_cluster.py in its own process (a process holds one Ray connection). Prints one JSON line: the
-node of every training worker and the run's last epoch.
+Run by tests/test_cluster.py in its own process (a process holds one Ray connection), with tests/ on PYTHONPATH for
+helpers.py. Prints one JSON line: the node of every training worker and the run's last epoch.
 """
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -18,14 +19,21 @@ for key, value in LOCAL_RAY_ENV.items():
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import SAMPLING, TINY_TRACKER, write_lasot_tree  # noqa: E402
+
+
+def free_port() -> int:
+    """A free local port for the dashboard, so that a Ray instance already on 8265 does not stop the test."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def main(workdir: str) -> None:
     root = Path(workdir)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": True,
-                                                            "dashboard_host": "127.0.0.1"})
+                                                            "dashboard_host": "127.0.0.1",
+                                                            "dashboard_port": free_port()})
     cluster.add_node(num_cpus=3)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
@@ -50,7 +58,7 @@ def main(workdir: str) -> None:
             "run.name=spread", "scaling.num_workers=2", "scaling.placement_strategy=SPREAD",
             f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}"])
         outcome = train(config)
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True)
+        workers = list_actors(address=cluster.address, filters=[("class_name", "=", "RayTrainWorker")], detail=True)
         print(json.dumps({"nodes": sorted({w["node_id"] for w in workers}), "workers": len(workers),
                           "cluster_nodes": len(ray.nodes()), "epoch": outcome.metrics["epoch"]}))
     finally:
