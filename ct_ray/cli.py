@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     quickstart = commands.add_parser("quickstart", help=cmd_quickstart.__doc__, description=cmd_quickstart.__doc__)
     quickstart.add_argument("--preset", default="small",
-                            help="small (about 17 min on 2 CPU cores), full (about 70 min there) or a preset YAML file")
+                            help="small (about 17 min on 2 CPU cores), full (about 75 min there) or a preset YAML file")
     quickstart.add_argument("--out", default=None, help="study folder (default outputs/quickstart-PRESET); "
                                                         "running again there reuses finished work")
     quickstart.add_argument("--seed", type=int, default=0, help="seed of the student runs")

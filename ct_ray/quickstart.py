@@ -42,7 +42,7 @@ TEACHER_FILE = "teacher.pt"
 
 class Preset(enum.Enum):
     """The embedded quickstart presets: ``small`` (about 17 minutes on a 2-core CPU machine) and ``full`` (bigger
-    teacher, data and budget; about 70 minutes there)."""
+    teacher, data and budget; about 75 minutes there)."""
 
     SMALL = "small"
     FULL = "full"
