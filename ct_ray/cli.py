@@ -139,16 +139,23 @@ def _print_study(outcome, title: str) -> None:
         print(f"look at it: mlflow ui --backend-store-uri {outcome.mlflow_uri} --host 127.0.0.1 --port 5000")
 
 
+def _scored_on(preset) -> str:
+    count = preset.evaluation.heldout_sequences
+    if count:
+        return f"{count} held-out sequences generated from another seed (data/heldout-{count})"
+    return f"the {preset.evaluation.split} sequences of the study's benchmark (data/benchmark)"
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Data, a 12-block teacher, CompressTracker-4 and both baselines on its budget, all evaluated: one table."""
-    from ct_ray.quickstart import load_preset, quickstart_arms, run_study, with_scaling
+    from ct_ray.quickstart import load_preset, quickstart_arms, run_study, with_heldout, with_scaling
 
-    preset = with_scaling(load_preset(args.preset), args.workers, args.gpu)
+    preset = with_heldout(with_scaling(load_preset(args.preset, args.set or ()), args.workers, args.gpu),
+                          args.heldout_sequences)
     out = args.out or f"outputs/quickstart-{preset.name}"
     outcome = run_study(preset, out, quickstart_arms(preset), [args.seed], name="quickstart",
                         ray_address=args.address)
-    _print_study(outcome, f"quickstart ({preset.name} preset, seed {args.seed}): test sequences of "
-                          f"{outcome.out / 'data' / 'benchmark'}")
+    _print_study(outcome, f"quickstart ({preset.name} preset, seed {args.seed}): {_scored_on(preset)}")
     return 0
 
 
@@ -156,17 +163,21 @@ def cmd_ablations(args: argparse.Namespace) -> int:
     """CompressTracker, its ablations (experiments/ablations/*.yaml) and the baselines over several seeds."""
     from pathlib import Path
 
-    from ct_ray.quickstart import ablation_arms, load_preset, run_study, with_scaling
+    from ct_ray.quickstart import ablation_arms, load_preset, run_study, with_heldout, with_scaling
 
-    preset = with_scaling(load_preset(args.preset), args.workers, args.gpu)
-    files = args.ablation or sorted(Path(args.ablations_dir).glob("*.yaml"))
-    if not files:
+    preset = with_heldout(with_scaling(load_preset(args.preset, args.set or ()), args.workers, args.gpu),
+                          args.heldout_sequences)
+    if args.no_ablations and args.ablation:
+        raise ValueError("--no-ablations and --ablation contradict each other")
+    files = [] if args.no_ablations else args.ablation or sorted(Path(args.ablations_dir).glob("*.yaml"))
+    if not files and not args.no_ablations:
         raise ValueError(f"no ablation configs: {args.ablations_dir} holds no *.yaml (or pass --ablation FILE)")
     seeds = [int(s) for s in args.seeds.split(",")]
     out = args.out or f"outputs/quickstart-{preset.name}"
     arms = ablation_arms(preset, files, baselines=not args.no_baselines)
     outcome = run_study(preset, out, arms, seeds, name="ablations", ray_address=args.address)
-    _print_study(outcome, f"ablations ({preset.name} preset, seeds {args.seeds}; mean ± standard deviation)")
+    _print_study(outcome, f"ablations ({preset.name} preset, seeds {args.seeds}; mean ± standard deviation over "
+                          f"seeds): {_scored_on(preset)}")
     return 0
 
 
@@ -197,9 +208,16 @@ def _add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _add_study_scaling(parser: argparse.ArgumentParser) -> None:
+def _add_study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="Ray Train workers per run (default: the preset's)")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl, bf16 autocast), GPU evaluation")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a preset key (repeat), e.g. teacher.run.epochs=60; a study folder holds one "
+                             "study, so a changed run needs another --out")
+    parser.add_argument("--heldout-sequences", type=int, default=None, metavar="N",
+                        help="score the trackers on N further sequences generated like the benchmark from another "
+                             "seed, instead of its test split (trained runs are reused; results in "
+                             "results-heldout-N/, files <study>_heldout-N.*)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,12 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     quickstart = commands.add_parser("quickstart", help=cmd_quickstart.__doc__, description=cmd_quickstart.__doc__)
     quickstart.add_argument("--preset", default="small",
-                            help="small (about 17 min on 2 CPU cores), full (about 75 min there) or a preset YAML file")
+                            help="small (about 17 min on 2 CPU cores), full (about 80 min there) or a preset YAML file")
     quickstart.add_argument("--out", default=None, help="study folder (default outputs/quickstart-PRESET); "
                                                         "running again there reuses finished work")
     quickstart.add_argument("--seed", type=int, default=0, help="seed of the student runs")
     quickstart.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
-    _add_study_scaling(quickstart)
+    _add_study_options(quickstart)
     quickstart.set_defaults(func=cmd_quickstart)
 
     ablations = commands.add_parser("ablations", help=cmd_ablations.__doc__, description=cmd_ablations.__doc__)
@@ -251,8 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     ablations.add_argument("--ablations-dir", default="experiments/ablations", help="folder of ablation YAMLs")
     ablations.add_argument("--ablation", action="append", help="one ablation YAML (repeat; replaces --ablations-dir)")
     ablations.add_argument("--no-baselines", action="store_true", help="leave out student-only and distillation")
+    ablations.add_argument("--no-ablations", action="store_true",
+                           help="no ablation files: CompressTracker and the baselines over the seeds")
     ablations.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
-    _add_study_scaling(ablations)
+    _add_study_options(ablations)
     ablations.set_defaults(func=cmd_ablations)
 
     data = commands.add_parser("data", help="datasets: synthetic benchmark, crop-pair shards")

@@ -1,11 +1,13 @@
-"""Small on-disk fixtures the tests write: a LaSOT-format tree with a moving red square, a tiny tracker."""
+"""Small on-disk fixtures the tests write: a LaSOT-format tree with a moving red square, a tiny tracker, and a
+training workspace (that tree, shards of its training split and a tiny random teacher)."""
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from ct_ray.data.pairs import PairSamplingConfig
-from ct_ray.models import TrackerConfig
+from ct_ray.models import OneStreamTracker, TrackerConfig, save_tracker
 
 SAMPLING = PairSamplingConfig(template_size=32, search_size=64, max_gap=5)
 TINY_TRACKER = TrackerConfig(embed_dim=32, depth=4, num_heads=2, head_channels=16, template_size=32, search_size=64)
@@ -36,3 +38,16 @@ def write_lasot_tree(root: Path, sequences: int = 3, frames: int = 10, hidden: d
     return root
 
 
+def write_training_workspace(root: Path, pairs_per_epoch: int, epochs: int, teacher_meta: dict | None = None) -> Path:
+    """``root/lasot`` (3 sequences of 10 frames), ``root/shards`` (``epochs`` x ``pairs_per_epoch`` pairs of the
+    training split, 16 per shard) and ``root/teacher.pt`` (a seeded random :data:`TINY_TRACKER`). Needs Ray."""
+    from ct_ray.data.ray_data import build_shards
+    from ct_ray.data.shards import ShardPlan, SourceSpec
+
+    lasot = write_lasot_tree(root / "lasot", sequences=3, frames=10)
+    plan = ShardPlan(sources=(SourceSpec(f"lasot:{lasot}", "train"),), pairs_per_epoch=pairs_per_epoch,
+                     epochs=epochs, pairs_per_shard=16, seed=0, sampling=SAMPLING)
+    build_shards(plan, root / "shards", progress=False)
+    torch.manual_seed(0)
+    save_tracker(root / "teacher.pt", OneStreamTracker(TINY_TRACKER), teacher_meta)
+    return root

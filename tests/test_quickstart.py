@@ -16,6 +16,7 @@ from ct_ray.quickstart import (
     baseline_arms,
     format_markdown,
     load_preset,
+    paired_difference,
     quickstart_arms,
     rebase,
     summarise,
@@ -68,6 +69,31 @@ def test_ablation_files_change_only_what_they_name():
         from_dict(AblationSpec, {"label": "empty", "overrides": []})
 
 
+def test_preset_overrides_and_a_study_folder_holds_one_study(tmp_path, capsys):
+    from ct_ray.cli import main
+    from ct_ray.config import to_dict
+    from ct_ray.quickstart import check_reusable, with_scaling
+
+    longer = load_preset("small", ["teacher.run.epochs=60", "teacher.optim.lr_drop_epoch=54"])
+    assert (longer.teacher.run.epochs, longer.teacher.optim.lr_drop_epoch) == (60, 54)
+    assert longer.compresstracker == load_preset("small").compresstracker
+    with pytest.raises(ConfigError, match=r"teacher\.run\.epoch"):
+        load_preset("small", ["teacher.run.epoch=60"])
+    preset = load_preset("small")
+    run_dir = tmp_path / "runs" / "ct4-s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "ct_ray_config.yaml").write_text(yaml.safe_dump(to_dict(preset.compresstracker), sort_keys=False))
+    check_reusable(preset.compresstracker, run_dir)
+    check_reusable(with_scaling(preset, workers=4, gpu=True).compresstracker, run_dir)  # hardware may change
+    check_reusable(preset.teacher, tmp_path / "runs" / "teacher")  # no run there yet
+    changed = load_preset("small", ["compresstracker.run.epochs=20"]).compresstracker
+    with pytest.raises(ConfigError, match=r"was trained with another config: run\.epochs \(10 there, 20 now\)"):
+        check_reusable(changed, run_dir)
+    assert [a.label for a in ablation_arms(preset, [])] == ["CompressTracker-4", "student only", "distillation"]
+    assert main(["ablations", "--no-ablations", "--ablation", str(ABLATIONS[0]), "--out", str(tmp_path)]) == 2
+    assert "contradict" in capsys.readouterr().err
+
+
 def test_rebase_places_relative_paths_in_the_study_folder(tmp_path):
     preset = load_preset(Preset.SMALL)
     config = rebase(preset.compresstracker, tmp_path)
@@ -76,10 +102,27 @@ def test_rebase_places_relative_paths_in_the_study_folder(tmp_path):
     assert config.run.storage_path == str(tmp_path / "runs") and config.teacher.path == str(tmp_path / "teacher.pt")
 
 
-def _result(label, seed, auc, ms, flops, depth=4):
+def _result(label, seed, auc, ms, flops, depth=4, sequences=None):
     return TrackerResult(label=label, seed=seed, run_name=f"{label}-{seed}", checkpoint="x.pt", depth=depth, auc=auc,
                          precision=auc + 1, norm_precision=auc + 2, tracking_ms=ms, flops=flops, params=1,
-                         mlflow_run_id=None)
+                         mlflow_run_id=None, sequence_auc=sequences or {"a": auc, "b": auc})
+
+
+def test_paired_difference_pairs_seeds_and_sequences():
+    reference = [_result("CT", 0, 40.0, 1, 1, sequences={"a": 50.0, "b": 40.0, "c": 30.0}),
+                 _result("CT", 1, 40.0, 1, 1, sequences={"a": 52.0, "b": 38.0, "c": 30.0})]
+    other = [_result("x", 0, 0, 1, 1, sequences={"a": 55.0, "b": 40.0, "c": 36.0}),
+             _result("x", 1, 0, 1, 1, sequences={"a": 53.0, "b": 42.0, "c": 30.0}),
+             _result("x", 2, 0, 1, 1, sequences={"a": 0.0, "b": 0.0, "c": 0.0})]
+    delta = paired_difference(reference, other)
+    # per-sequence differences averaged over the shared seeds 0 and 1: a 3, b 2, c 3 (seed 2 has no partner)
+    assert delta.mean == pytest.approx(8 / 3) and (delta.sequences, delta.seeds) == (3, 2)
+    assert 2.0 <= delta.low <= delta.mean <= delta.high <= 3.0 and delta.low < delta.high
+    assert paired_difference(reference, other) == delta  # seeded bootstrap
+    same = paired_difference(reference, reference)
+    assert (same.mean, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert paired_difference(reference, [_result("x", 5, 0, 1, 1)]) is None  # no shared seed
+    assert paired_difference(reference[:1], [_result("x", 0, 0, 1, 1, sequences={"a": 1.0})]) is None  # 1 sequence
 
 
 def test_summary_rows_are_means_spreads_and_ratios_against_the_teacher():
@@ -93,9 +136,11 @@ def test_summary_rows_are_means_spreads_and_ratios_against_the_teacher():
     assert ct.speed_up == pytest.approx(30.0 / 12.0) and ct.flops_ratio == pytest.approx(3.0)
     assert ct.retention[0] == pytest.approx(100 * 58 / 60) and ct.seeds == [0, 1]
     assert rows[2].auc == (48.0, 0.0) and rows[2].retention[0] == pytest.approx(80.0)
+    assert rows[0].delta is None and rows[1].delta is None and rows[2].delta.mean == pytest.approx(48.0 - 57.0)
     markdown = format_markdown(rows).splitlines()
     assert len(markdown) == 5 and "58.0 ± 1.4" in markdown[3] and "96.7 ± 2.4" in markdown[3]
-    assert "| alone | 4 | 1 | 48.0 |" in markdown[4]
+    assert markdown[0].endswith("| AUC vs CT [95% CI] |") and markdown[3].endswith("| - |")
+    assert "| alone | 4 | 1 | 48.0 |" in markdown[4] and markdown[4].endswith("| -9.0 [-9.0, -9.0] |")
 
 
 TINY_PRESET = {
@@ -181,6 +226,30 @@ def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray
     runs_after = client.search_runs([experiment.experiment_id])
     assert len(runs_after) == len(runs) + 2  # the ablation study's parent run and its one new training run
 
+    assert main(["quickstart", "--preset", str(preset_file), "--out", str(out), "--heldout-sequences", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 held-out sequences" in printed and printed.count("  training ") == 0
+    heldout = json.loads((out / "quickstart_heldout-2.json").read_text())
+    assert heldout["preset_config"]["evaluation"]["heldout_sequences"] == 2
+    benchmark = json.loads((out / "data" / "heldout-2" / "benchmark.json").read_text())
+    assert benchmark["seed"] == 1 and benchmark["sequences"] == 2 and benchmark["frames"] == 12
+    held = {t["run_name"]: t for t in heldout["trackers"]}
+    assert set(held) == set(trackers)
+    for name, tracker in held.items():
+        assert tracker["checkpoint"] == trackers[name]["checkpoint"] and len(tracker["sequence_auc"]) == 2
+        assert tracker["auc"] == pytest.approx(sum(tracker["sequence_auc"].values()) / 2)
+        assert (out / "results-heldout-2" / name).is_dir()
+    student_only = {r["label"]: r for r in heldout["rows"]}["student only"]
+    assert student_only["auc_delta"] == pytest.approx(held["ct2-student-only-s0"]["auc"] - held["ct2-s0"]["auc"])
+    assert student_only["auc_delta_low"] <= student_only["auc_delta"] <= student_only["auc_delta_high"]
+    ct_run = client.get_run(children["ct2-s0"].info.run_id)
+    assert ct_run.data.metrics["heldout_2_auc"] == pytest.approx(held["ct2-s0"]["auc"])
+    assert ct_run.data.metrics["tracking_step_ms"] == pytest.approx(held["ct2-s0"]["tracking_ms"])
+    assert ct_run.data.metrics["test_auc"] == pytest.approx(trackers["ct2-s0"]["auc"])
+
+    assert main(["quickstart", "--preset", str(preset_file), "--out", str(out), "--set", "teacher.run.epochs=2"]) == 2
+    assert "runs/teacher was trained with another config: run.epochs (1 there, 2 now)" in capsys.readouterr().err
+
 
 def test_bad_preset_and_seeds_are_rejected_before_work(tmp_path):
     from ct_ray.cli import main
@@ -193,6 +262,9 @@ def test_bad_preset_and_seeds_are_rejected_before_work(tmp_path):
     typo = dict(TINY_PRESET, evaluation={"splt": "test"})
     path.write_text(yaml.safe_dump(typo))
     with pytest.raises(ConfigError, match=r"evaluation\.splt"):
+        load_preset(path)
+    path.write_text(yaml.safe_dump(dict(TINY_PRESET, evaluation={"heldout_sequences": -1})))
+    with pytest.raises(ConfigError, match=r"heldout_sequences must be an integer >= 0"):
         load_preset(path)
 
 

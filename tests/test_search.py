@@ -7,13 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from ct_ray.config import ConfigError, from_dict, to_dict
-from ct_ray.models import OneStreamTracker, save_tracker
 from ct_ray.search.config import SearchConfig, check_search, grid_points, load_search, parse_space
-from helpers import SAMPLING, TINY_TRACKER, write_lasot_tree
+from helpers import write_training_workspace
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,16 +35,8 @@ def test_space_grid_and_dependent_choices():
 
 @pytest.fixture(scope="module")
 def search_workspace(tmp_path_factory, ray_session):
-    from ct_ray.data.ray_data import build_shards
-    from ct_ray.data.shards import ShardPlan, SourceSpec
-
-    root = tmp_path_factory.mktemp("search")
-    lasot = write_lasot_tree(root / "lasot", sequences=3, frames=10)
-    plan = ShardPlan(sources=(SourceSpec(f"lasot:{lasot}", "train"),), pairs_per_epoch=16, epochs=1,
-                     pairs_per_shard=16, seed=0, sampling=SAMPLING)
-    build_shards(plan, root / "shards", progress=False)
-    torch.manual_seed(0)
-    save_tracker(root / "teacher.pt", OneStreamTracker(TINY_TRACKER))
+    root = write_training_workspace(tmp_path_factory.mktemp("search"), pairs_per_epoch=16, epochs=1)
+    lasot = root / "lasot"
     base = {"kind": "compresstracker", "teacher": {"path": str(root / "teacher.pt")},
             "data": {"shards": str(root / "shards"), "val_dataset": f"lasot:{lasot}", "val_split": "test",
                      "batch_size": 8, "shuffle_buffer": 0},

@@ -10,25 +10,16 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ct_ray.config import ConfigError, load_config
-from ct_ray.models import OneStreamTracker, load_tracker, save_tracker
+from ct_ray.models import load_tracker
 from ct_ray.train.config import ExperimentConfig
-from helpers import SAMPLING, TINY_TRACKER, write_lasot_tree
+from helpers import write_training_workspace
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, ray_session):
     """A LaSOT-format tree, shards of 2 x 32 pairs from its training split, and a tiny random teacher."""
-    from ct_ray.data.ray_data import build_shards
-    from ct_ray.data.shards import ShardPlan, SourceSpec
-
-    root = tmp_path_factory.mktemp("train")
-    lasot = write_lasot_tree(root / "lasot", sequences=3, frames=10)
-    plan = ShardPlan(sources=(SourceSpec(f"lasot:{lasot}", "train"),), pairs_per_epoch=32, epochs=2,
-                     pairs_per_shard=16, seed=0, sampling=SAMPLING)
-    build_shards(plan, root / "shards", progress=False)
-    torch.manual_seed(0)
-    save_tracker(root / "teacher.pt", OneStreamTracker(TINY_TRACKER), {"mlflow_run_id": "teacher-run"})
-    return root
+    return write_training_workspace(tmp_path_factory.mktemp("train"), pairs_per_epoch=32, epochs=2,
+                                    teacher_meta={"mlflow_run_id": "teacher-run"})
 
 
 def overrides(root: Path, name: str, *extra: str) -> list[str]:

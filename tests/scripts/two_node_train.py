@@ -9,8 +9,6 @@ import socket
 import sys
 from pathlib import Path
 
-import torch
-
 from ct_ray.cluster import LOCAL_RAY_ENV
 
 for key, value in LOCAL_RAY_ENV.items():
@@ -19,7 +17,7 @@ for key, value in LOCAL_RAY_ENV.items():
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from helpers import SAMPLING, TINY_TRACKER, write_lasot_tree  # noqa: E402
+from helpers import write_training_workspace  # noqa: E402
 
 
 def free_port() -> int:
@@ -39,19 +37,11 @@ def main(workdir: str) -> None:
     ray.init(address=cluster.address)
     try:
         from ct_ray.config import load_config
-        from ct_ray.data.ray_data import build_shards
-        from ct_ray.data.shards import ShardPlan, SourceSpec
-        from ct_ray.models import OneStreamTracker, save_tracker
         from ct_ray.train.config import ExperimentConfig
         from ct_ray.train.launcher import train
         from ray.util.state import list_actors
 
-        lasot = write_lasot_tree(root / "lasot", sequences=3, frames=10)
-        plan = ShardPlan(sources=(SourceSpec(f"lasot:{lasot}", "train"),), pairs_per_epoch=32, epochs=1,
-                         pairs_per_shard=16, seed=0, sampling=SAMPLING)
-        build_shards(plan, root / "shards", progress=False)
-        torch.manual_seed(0)
-        save_tracker(root / "teacher.pt", OneStreamTracker(TINY_TRACKER))
+        write_training_workspace(root, pairs_per_epoch=32, epochs=1)
         config = load_config(ExperimentConfig, None, [
             f"teacher.path={root / 'teacher.pt'}", "student.num_stages=2", f"data.shards={root / 'shards'}",
             "data.val_dataset=null", "data.batch_size=8", "run.epochs=2", f"run.storage_path={root / 'runs'}",
