@@ -410,8 +410,8 @@ def check_reusable(config: ExperimentConfig, run_dir: Path) -> None:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         return
-    stored = flatten(apply_overrides(to_dict(from_dict(ExperimentConfig, read_yaml(path))), []))
-    current = flatten(apply_overrides(to_dict(config), []))
+    stored = flatten(to_dict(from_dict(ExperimentConfig, read_yaml(path))))
+    current = flatten(to_dict(config))
     differ = sorted(key for key in set(stored) | set(current)
                     if not key.startswith(_REUSE_IGNORED) and stored.get(key) != current.get(key))
     if differ:
