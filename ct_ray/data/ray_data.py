@@ -1,6 +1,7 @@
 """Ray side of the data: parallel shard builds (Ray tasks) and the Ray Data pipeline that feeds Ray Train.
 
-The pipeline streams the shards with ``read_parquet`` (file order reshuffled every pass), decodes and augments rows
+The pipeline streams the shards with ``read_parquet`` (file order reshuffled every pass from the run's seed, so a
+run sees the same sequence of passes every time), decodes and augments rows
 in ``map_batches`` on CPU workers, and hands uint8 crops to the training workers, which normalise on their own
 device. Rows that training cannot use are dropped in the decode stage and counted by a small actor
 (``DropCounter``), so the count can be reported while nothing bad reaches the model.
@@ -92,11 +93,14 @@ def _decode_batch(batch: dict[str, np.ndarray], template_size: int, search_size:
 def pair_dataset(shard_dir: str | Path, seed: int = 0, augment: AugmentConfig = AugmentConfig(),
                  shuffle_files: bool = True, counter=None, decode_batch_size: int = 32) -> "ray.data.Dataset":
     """The training dataset of a shard folder: rows of ``template``, ``search`` (uint8 HxWx3), ``search_box``
-    (cxcywh normalised) and ``pair_index``. A shard with a wrong schema fails here, naming the file."""
+    (cxcywh normalised) and ``pair_index``. ``shuffle_files`` permutes the files on every pass (every execution of
+    the dataset) with a permutation drawn from ``seed`` and the pass number. A shard with a wrong schema fails here,
+    naming the file."""
     manifest = read_manifest(shard_dir)
     files = shard_files(shard_dir)
     sampling = manifest["sampling"]
-    dataset = ray.data.read_parquet(files, shuffle="files" if shuffle_files else None).select_columns(READ_COLUMNS)
+    shuffle = ray.data.FileShuffleConfig(seed=seed) if shuffle_files else None
+    dataset = ray.data.read_parquet(files, shuffle=shuffle).select_columns(READ_COLUMNS)
     decode = partial(_decode_batch, template_size=sampling["template_size"], search_size=sampling["search_size"],
                      seed=seed, augment=augment, counter=counter)
     return dataset.map_batches(decode, batch_format="numpy", batch_size=decode_batch_size)

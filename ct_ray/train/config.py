@@ -134,7 +134,11 @@ class SynthSection:
 
 @dataclass
 class DataSection:
-    """Training shards, validation sequences and batching. ``pairs_per_epoch`` None: the shards' own."""
+    """Training shards, validation sequences and batching. ``pairs_per_epoch`` None: the shards' own.
+
+    ``shuffle_files`` permutes the shard files on every pass, seeded by ``run.seed``; ``preserve_order`` hands rows
+    to training in that order rather than in the order the parallel decode tasks finish, so that two runs of one
+    config see the same batches (at some cost in throughput when decoding is the bottleneck)."""
 
     shards: str = "data/shards"
     val_dataset: str | None = "synthetic:data/synthetic"
@@ -144,6 +148,7 @@ class DataSection:
     pairs_per_epoch: int | None = None
     shuffle_buffer: int = 256
     shuffle_files: bool = True
+    preserve_order: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synth: SynthSection | None = None
 

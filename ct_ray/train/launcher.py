@@ -212,11 +212,9 @@ def _trainer(config: ExperimentConfig, loop_config: dict, fs_path: str, callback
     dataset = pair_dataset(config.data.shards, seed=config.run.seed, augment=config.data.augment,
                            shuffle_files=config.data.shuffle_files and not config.run.deterministic,
                            counter=counter)
-    data_config = ray.train.DataConfig()
-    if config.run.deterministic:
-        options = ray.train.DataConfig.default_ingest_options()
-        options.preserve_order = True
-        data_config = ray.train.DataConfig(execution_options=options)
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = config.data.preserve_order or config.run.deterministic
+    data_config = ray.train.DataConfig(execution_options=options)
     run_config = ray.train.RunConfig(
         name=config.run.name,
         storage_path=config.run.storage_path if "://" in config.run.storage_path else fs_path,
