@@ -2,6 +2,7 @@
 import copy
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -61,8 +62,14 @@ def local_head(tmp_path):
     ports are free ones, so it does not collide with the test session's own Ray instance."""
     gcs, dashboard, agent, agent_grpc, metrics, runtime_env, client = free_ports(7)
     temp_dir = tempfile.mkdtemp(prefix="ctray-", dir="/tmp")  # short: Ray's unix socket paths must stay short
-    env = {**os.environ, **LOCAL_RAY_ENV, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    token = Path(temp_dir) / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    # Token auth, explicitly and with the test's own token: `ray start` enables it by itself only when
+    # ~/.ray/auth_token already exists, which depends on what ran on this machine before.
+    env = {**os.environ, **LOCAL_RAY_ENV, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN_PATH": str(token)}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN", None)
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
          "--num-cpus=4", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
@@ -71,7 +78,7 @@ def local_head(tmp_path):
          f"--ray-client-server-port={client}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
-    client_env = {**env, "RAY_AUTH_MODE": "token"}
+    client_env = env
     deadline = time.time() + 90
     while time.time() < deadline:
         ready = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=client_env,
