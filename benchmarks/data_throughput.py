@@ -17,22 +17,22 @@ from pathlib import Path
 
 import torch
 
-from ct_ray.cluster import init_ray
+from ct_ray.orchestration.cluster import init_ray
 from ct_ray.compress import PlanSampler, ReplacementModel, StageDivision, build_student
 from ct_ray.data.pairs import PairSamplingConfig
 from ct_ray.data.shards import ShardPlan, SourceSpec
 from ct_ray.data.synth import generate_benchmark
-from ct_ray.losses import TrackingLoss
+from ct_ray.compress.losses import TrackingLoss
 from ct_ray.models import OneStreamTracker, TrackerConfig
-from ct_ray.train.config import RunKind
-from ct_ray.train.step import TrainStep, parameter_groups
+from ct_ray.training.experiment import RunKind
+from ct_ray.training.step import TrainStep, parameter_groups
 
 SYNTHETIC_TEACHER = TrackerConfig(embed_dim=128, depth=12, num_heads=4, head_channels=64, template_size=64,
                                   search_size=128)
 
 
 def build_data(folder: Path, pairs: int) -> Path:
-    from ct_ray.data.ray_data import build_shards
+    from ct_ray.orchestration.data_pipeline import build_shards
 
     generate_benchmark(folder / "benchmark", sequences=12, frames=60, seed=0, preset="standard")
     plan = ShardPlan(sources=(SourceSpec(f"synthetic:{folder / 'benchmark'}", "train"),), pairs_per_epoch=pairs,
@@ -44,7 +44,7 @@ def build_data(folder: Path, pairs: int) -> Path:
 
 
 def pipeline_rows_per_s(shards: Path, passes: int) -> float:
-    from ct_ray.data.ray_data import pair_dataset
+    from ct_ray.orchestration.data_pipeline import pair_dataset
 
     rates = []
     for index in range(passes + 1):

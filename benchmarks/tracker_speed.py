@@ -13,7 +13,7 @@ import torch
 
 from ct_ray.compress import StageDivision, build_student
 from ct_ray.models import OneStreamTracker, TrackerConfig
-from ct_ray.profile import profile_tracker
+from ct_ray.tracking.speed import profile_tracker
 
 
 def main() -> None:

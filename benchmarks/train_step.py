@@ -13,7 +13,7 @@ import time
 import torch
 
 from ct_ray.compress import PlanSampler, ReplacementModel, StageDivision, build_student, replacement_losses
-from ct_ray.losses import TrackingLoss
+from ct_ray.compress.losses import TrackingLoss
 from ct_ray.models import OneStreamTracker, TrackerConfig
 
 

@@ -15,8 +15,10 @@ from typing import Any, Sequence
 
 import yaml
 
+from ct_ray.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config key that is unknown, of the wrong type or of an impossible value; the message names the key."""
 
 

@@ -1,23 +1,55 @@
-"""Atomic file writes: a reader never sees a half-written file, and an interrupted write leaves the old one."""
+"""Files and storage: atomic local writes, and one ``Location`` type for a local path or a pyarrow URI.
+
+A reader never sees a half-written file: local files are written to a temporary name beside the target and renamed
+onto it; objects in a store (``s3://``, ``gs://``) are written with one upload, which the store makes visible whole.
+Files and folders get the process umask (no private 0600 / 0700 modes), so storage shared between users or nodes
+works. Store URIs take pyarrow's options in their query, e.g.
+``s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http``; credentials come from the usual AWS
+environment variables or config files.
+"""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
-import tempfile
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
+
+import pyarrow.fs as pafs
+
+from ct_ray.errors import UserError
+
+
+class StorageError(UserError, OSError):
+    """A storage location that cannot be reached, listed, read or written; the message names it."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def mkdirs(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` with the process umask."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed."""
+    """Yields a temporary path beside ``path``; on success it is renamed onto ``path`` (mode 0666 minus the umask),
+    on error removed."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    mkdirs(target.parent)
+    tmp_path = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -27,3 +59,165 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a local file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_uri(location: str | os.PathLike) -> bool:
+    return "://" in str(location)
+
+
+@dataclass(frozen=True)
+class Location:
+    """A folder or file in local storage or in a store that pyarrow reaches (``s3://``, ``gs://``, ...).
+
+    ``uri`` is what the user wrote (a local path made absolute, or the URI with its query); ``fs`` and ``path`` are
+    pyarrow's filesystem and the path on it. Locations pickle, so they travel to Ray tasks.
+    """
+
+    uri: str
+    fs: pafs.FileSystem
+    path: str
+
+    @classmethod
+    def of(cls, location: "str | os.PathLike | Location") -> "Location":
+        if isinstance(location, Location):
+            return location
+        text = str(location)
+        if not is_uri(text):
+            local = str(Path(text).expanduser().resolve())
+            return cls(local, pafs.LocalFileSystem(), local)
+        try:
+            fs, path = pafs.FileSystem.from_uri(text)
+        except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise StorageError(f"{text}: not a storage URI pyarrow can open: {exc}") from None
+        return cls(text, fs, path.rstrip("/"))
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    def child(self, *parts: str) -> "Location":
+        """``self / part / ...`` (the URI keeps its query)."""
+        suffix = "/".join(p.strip("/") for p in parts if p)
+        if self.is_local:
+            joined = str(Path(self.path, suffix))
+            return Location(joined, self.fs, joined)
+        base, sep, query = self.uri.partition("?")
+        return Location(f"{base.rstrip('/')}/{suffix}{sep}{query}", self.fs, f"{self.path}/{suffix}")
+
+    def _info(self) -> pafs.FileInfo:
+        try:
+            return self.fs.get_file_info(self.path)
+        except OSError as exc:
+            raise StorageError(f"{self.uri}: cannot be reached: {exc}") from None
+
+    def exists(self) -> bool:
+        return self._info().type != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self._info().type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self._info().type == pafs.FileType.Directory
+
+    def size(self) -> int:
+        return int(self._info().size or 0)
+
+    def mkdirs(self) -> "Location":
+        if self.is_local:
+            mkdirs(self.path)
+        else:
+            try:
+                self.fs.create_dir(self.path, recursive=True)
+            except OSError as exc:
+                raise StorageError(f"{self.uri}: cannot create it: {exc}") from None
+        return self
+
+    def list(self) -> list["Location"]:
+        """The entries directly inside this folder (none when it does not exist), sorted by name."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        except OSError as exc:
+            raise StorageError(f"{self.uri}: cannot be listed: {exc}") from None
+        return [self.child(info.path.rsplit("/", 1)[-1]) for info in sorted(infos, key=lambda i: i.path)]
+
+    def open_input(self) -> IO[bytes]:
+        try:
+            return self.fs.open_input_file(self.path)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"{self.uri}: cannot be read: {exc}") from None
+
+    def read_bytes(self) -> bytes:
+        with self.open_input() as handle:
+            return handle.read()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def write_bytes(self, data: bytes) -> None:
+        """Writes the whole file atomically (a rename locally, one upload in a store)."""
+        if self.is_local:
+            atomic_write_bytes(self.path, data)
+            return
+        try:
+            with self.fs.open_output_stream(self.path) as handle:
+                handle.write(data)
+        except OSError as exc:
+            raise StorageError(f"{self.uri}: cannot be written: {exc}") from None
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def upload(self, local: str | os.PathLike) -> None:
+        """Copies a local file here (atomically)."""
+        if self.is_local:
+            with atomic_path(self.path) as tmp:
+                with open(local, "rb") as src, open(tmp, "wb") as dst:
+                    while chunk := src.read(1 << 22):
+                        dst.write(chunk)
+            return
+        try:
+            pafs.copy_files(str(local), self.path, source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.fs)
+        except OSError as exc:
+            raise StorageError(f"{self.uri}: cannot upload {local}: {exc}") from None
+
+    def download(self, local: str | os.PathLike) -> Path:
+        """Copies this file to a local path (atomically) and returns it."""
+        target = Path(local)
+        with atomic_path(target) as tmp:
+            with self.open_input() as src, open(tmp, "wb") as dst:
+                while chunk := src.read(1 << 22):
+                    dst.write(chunk)
+        return target
+
+    def delete(self) -> None:
+        try:
+            if self.is_dir():
+                self.fs.delete_dir(self.path)
+            elif self.exists():
+                self.fs.delete_file(self.path)
+        except OSError as exc:
+            raise StorageError(f"{self.uri}: cannot delete it: {exc}") from None
+
+    def __str__(self) -> str:
+        return self.uri

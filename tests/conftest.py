@@ -1,11 +1,14 @@
-"""Shared fixtures: one local Ray instance per test session, bound to 127.0.0.1."""
+"""Shared fixtures: one local Ray instance per test session, bound to 127.0.0.1, and one S3-compatible server on
+127.0.0.1 for the tests that need a store. The store's credentials are exported before Ray starts, so the Ray
+workers reach it too."""
 import os
 
 import pytest
 
-from ct_ray.cluster import LOCAL_RAY_ENV
+from ct_ray.orchestration.cluster import LOCAL_RAY_ENV
+from s3server import credentials_env, start_s3_server
 
-for _key, _value in LOCAL_RAY_ENV.items():
+for _key, _value in {**LOCAL_RAY_ENV, **credentials_env()}.items():
     os.environ.setdefault(_key, _value)
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
@@ -20,3 +23,11 @@ def ray_session():
              log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """SeaweedFS's S3 gateway on a free loopback port (``tests/s3server.py``); stopped by its pid at the end."""
+    server = start_s3_server()
+    yield server
+    server.stop()

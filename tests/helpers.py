@@ -41,7 +41,7 @@ def write_lasot_tree(root: Path, sequences: int = 3, frames: int = 10, hidden: d
 def write_training_workspace(root: Path, pairs_per_epoch: int, epochs: int, teacher_meta: dict | None = None) -> Path:
     """``root/lasot`` (3 sequences of 10 frames), ``root/shards`` (``epochs`` x ``pairs_per_epoch`` pairs of the
     training split, 16 per shard) and ``root/teacher.pt`` (a seeded random :data:`TINY_TRACKER`). Needs Ray."""
-    from ct_ray.data.ray_data import build_shards
+    from ct_ray.orchestration.data_pipeline import build_shards
     from ct_ray.data.shards import ShardPlan, SourceSpec
 
     lasot = write_lasot_tree(root / "lasot", sequences=3, frames=10)

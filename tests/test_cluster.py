@@ -17,7 +17,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ct_ray.cluster import LOCAL_RAY_ENV
+from ct_ray.orchestration.cluster import LOCAL_RAY_ENV
 from ct_ray.models import OneStreamTracker, save_tracker
 from helpers import TINY_TRACKER, write_lasot_tree
 

@@ -49,6 +49,9 @@ def test_progressive_schedule_e10_and_overrides():
     # E = 10: W = 2, F = 3; rise over epochs 4..6 as 0.3 + 0.7 * (e - 2) / 5.
     assert [schedule(e, 10) for e in (3, 4, 7, 8)] == pytest.approx([0.3, 0.3 + 0.7 * 2 / 5, 1.0, 1.0])
     assert FixedSchedule(0.7)(5, 10) == 0.7
+    # The fixed-p ablation ends like the paper's: the student alone for the last tenth of the budget.
+    assert [FixedSchedule(0.5)(e, 30) for e in (1, 27, 28, 30)] == [0.5, 0.5, 1.0, 1.0]
+    assert [FixedSchedule(0.5, final_fraction=0.0)(e, 10) for e in (1, 10)] == [0.5, 0.5]
     with pytest.raises(ValueError, match="counted from 1"):
         replacement_probability(0, 10)
     with pytest.raises(ValueError, match="sum to less than 1"):
@@ -58,7 +61,7 @@ def test_progressive_schedule_e10_and_overrides():
 
 
 def test_bernoulli_draw_frequencies_and_fallback():
-    sampler = PlanSampler(num_stages=4, seed=7)
+    sampler = PlanSampler(num_stages=4, seed=7, single_stage_below=None)
     plans = [sampler.sample(step, 0.3) for step in range(20000)]
     bits = np.array([plan.bits for plan in plans])
     # P(student at stage i) = p + P(no stage drew the student) / 4 = 0.3 + 0.7**4 / 4
@@ -69,6 +72,12 @@ def test_bernoulli_draw_frequencies_and_fallback():
     assert (fallback.sum(axis=1) == 1).all()
     assert fallback.mean(axis=0) == pytest.approx([0.25] * 4, abs=0.02)
     assert all(sampler.sample(s, 1.0) == ReplacementPlan.all_student(4) for s in range(50))
+    # The reference code's rule (the default): below p = 0.5 exactly one stage, chosen uniformly, per step.
+    reference = PlanSampler(num_stages=4, seed=7)
+    low = np.array([reference.sample(step, 0.3).bits for step in range(8000)])
+    assert (low.sum(axis=1) == 1).all() and low.mean(axis=0) == pytest.approx([0.25] * 4, abs=0.02)
+    high = np.array([reference.sample(step, 0.6).bits for step in range(8000)])
+    assert high.mean(axis=0) == pytest.approx([0.6 + 0.4 ** 4 / 4] * 4, abs=0.02)
 
 
 def test_plans_are_a_function_of_seed_and_step():
@@ -221,3 +230,40 @@ def test_student_only_skips_the_teacher():
     assert out.teacher is None and out.features == [] and calls == []
     assert out.plan.student_stages == (0, 1, 2, 3)
     assert StageChoice.STUDENT in out.plan
+
+
+def test_undrawn_student_stages_keep_stepping_with_their_momentum():
+    """Gradients are zeroed, not dropped (the reference's torch 1.13 behaviour): once a stage has AdamW momentum, it
+    moves on a step whose plan did not draw it; a stage that was never drawn has no gradient and stays."""
+    from ct_ray.compress.losses import LossWeights, TrackingLoss
+    from ct_ray.training.experiment import RunKind
+    from ct_ray.training.step import TrainStep, parameter_groups, restore_zero_gradients
+
+    teacher = tiny_teacher()
+    division = StageDivision.uniform(12, 4)
+    model = ReplacementModel(teacher, build_student(teacher, division), division).train()
+    optimizer = torch.optim.AdamW(parameter_groups(model, 1e-3, 1.0, 1.0), weight_decay=1e-4)
+    template, search = inputs(batch=4)
+    batch = {"template": template, "search": search, "search_box": torch.tensor([[0.5, 0.5, 0.3, 0.3]] * 4)}
+
+    class Plans:  # step 0 draws stages 0 and 1, every later step stage 0 only
+        def sample(self, step, p):
+            return ReplacementPlan.from_bits([1, 1, 0, 0] if step == 0 else [1, 0, 0, 0])
+
+    step = TrainStep(model, RunKind.COMPRESSTRACKER, TrackingLoss(LossWeights()), optimizer, Plans())
+    stage = {i: f"blocks.{i}.mlp.fc1.weight" for i in range(4)}
+    step(batch, 0, 0.5)
+    before = {i: model.student.state_dict()[name].clone() for i, name in stage.items()}
+    step(batch, 1, 0.5)
+    after = model.student.state_dict()
+    assert not torch.equal(after[stage[1]], before[1])  # not drawn at step 1, moved by its momentum
+    assert not torch.equal(after[stage[0]], before[0])
+    assert torch.equal(after[stage[2]], before[2]) and torch.equal(after[stage[3]], before[3])  # never drawn
+    assert model.student.blocks[1].mlp.fc1.weight.grad is not None
+    assert not model.student.blocks[1].mlp.fc1.weight.grad.any()
+    # A resumed run gets back the zero gradients of every stepped parameter, so it steps the same way.
+    fresh = ReplacementModel(tiny_teacher(), build_student(tiny_teacher(), division), division)
+    resumed = torch.optim.AdamW(parameter_groups(fresh, 1e-3, 1.0, 1.0), weight_decay=1e-4)
+    resumed.load_state_dict(optimizer.state_dict())
+    restore_zero_gradients(resumed)
+    assert fresh.student.blocks[1].mlp.fc1.weight.grad is not None and fresh.student.blocks[2].mlp.fc1.weight.grad is None

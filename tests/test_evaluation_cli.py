@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ct_ray import mlflow_utils
-from ct_ray.cli_eval import add_commands
+from ct_ray.orchestration import mlflow_runs
+from ct_ray.cli import build_parser, run
 from ct_ray.data import load_dataset
 from ct_ray.evaluation import read_results, score_benchmark, write_results
 from ct_ray.models import OneStreamTracker, TrackerConfig, save_tracker
@@ -22,11 +22,8 @@ FRAMES = 6
 
 
 def run_cli(argv):
-    """The commands through a parser of their own (``ct_ray.cli`` adds the same ones with ``add_commands``)."""
-    parser = argparse.ArgumentParser(prog="ct-ray")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
-    return args.func(args)
+    """A command through the ct-ray parser and its error boundary."""
+    return run(build_parser().parse_args([str(a) for a in argv]))
 
 
 def gt_box(sequence: int, frame: int) -> tuple[int, int, int, int]:
@@ -118,9 +115,9 @@ def test_eval_writes_results_scores_and_keeps_complete_sequences(tmp_path, lasot
 def test_eval_logs_into_the_checkpoints_run_or_a_new_one(tmp_path, lasot_root, ray_session, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = mlflow_utils.client(uri)
-    train_run = mlflow_utils.start_run(uri, "train", "student-run", {}, {"kind": "student"})
-    mlflow_utils.end_run(uri, train_run)
+    client = mlflow_runs.client(uri)
+    train_run = mlflow_runs.start_run(uri, "train", "student-run", {}, {"kind": "student"})
+    mlflow_runs.end_run(uri, train_run)
     torch.manual_seed(0)
     model = OneStreamTracker(CONFIG)
     save_tracker(tmp_path / "own.pt", model, {"kind": "student", "mlflow_run_id": train_run,
@@ -200,15 +197,15 @@ def test_plot_writes_success_and_precision_pngs(tmp_path, lasot_root, capsys):
 def test_compare_speed_up_and_retention(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    teacher = mlflow_utils.start_run(uri, "exp", "teacher", {}, {"kind": "teacher"})
-    mlflow_utils.log_metrics(uri, teacher, {"tracking_fps": 10.0, "test_auc": 60.0, "test_precision": 62.0}, 0)
-    student = mlflow_utils.start_run(uri, "exp", "student-4", {}, {"kind": "student", "teacher_run_id": teacher,
+    teacher = mlflow_runs.start_run(uri, "exp", "teacher", {}, {"kind": "teacher"})
+    mlflow_runs.log_metrics(uri, teacher, {"tracking_fps": 10.0, "test_auc": 60.0, "test_precision": 62.0}, 0)
+    student = mlflow_runs.start_run(uri, "exp", "student-4", {}, {"kind": "student", "teacher_run_id": teacher,
                                                                    "student_depth": "4",
                                                                    "stage_division": "[[0, 2], [3, 5]]"})
-    mlflow_utils.log_metrics(uri, student, {"tracking_fps": 25.0, "test_auc": 57.0, "val_auc": 40.0}, 0)
-    trained = mlflow_utils.start_run(uri, "exp", "student-val", {}, {"kind": "student", "teacher_run_id": "none"})
-    mlflow_utils.log_metrics(uri, trained, {"val_auc": 30.0}, 0)
-    mlflow_utils.log_metrics(uri, trained, {"val_auc": 33.0}, 1)
+    mlflow_runs.log_metrics(uri, student, {"tracking_fps": 25.0, "test_auc": 57.0, "val_auc": 40.0}, 0)
+    trained = mlflow_runs.start_run(uri, "exp", "student-val", {}, {"kind": "student", "teacher_run_id": "none"})
+    mlflow_runs.log_metrics(uri, trained, {"val_auc": 30.0}, 0)
+    mlflow_runs.log_metrics(uri, trained, {"val_auc": 33.0}, 1)
 
     assert run_cli(["compare", "--experiment", "exp", "--mlflow-uri", uri, "--csv", tmp_path / "table.csv",
                     "--plot", tmp_path / "speed.png"]) == 0

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from ct_ray.compress import PlanSampler, ReplacementModel, StageDivision, build_student
-from ct_ray.losses import TrackingLoss
+from ct_ray.compress.losses import TrackingLoss
 from ct_ray.models import OneStreamTracker, TrackerConfig
 from ct_ray.tracking import OnlineTracker, run_sequence
-from ct_ray.train.config import RunKind
-from ct_ray.train.step import TrainStep
+from ct_ray.training.experiment import RunKind
+from ct_ray.training.step import TrainStep
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CONFIG = TrackerConfig(embed_dim=64, depth=4, num_heads=4, head_channels=32, template_size=64, search_size=128)

@@ -1,4 +1,4 @@
-"""Tests of ct_ray.losses against values worked out by hand or by straightforward reference loops."""
+"""Tests of ct_ray.compress.losses against values worked out by hand or by straightforward reference loops."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from ct_ray.losses import (
+from ct_ray.compress.losses import (
     LOSS_TERMS,
     LossInputs,
     LossWeights,
@@ -306,3 +306,25 @@ def test_gradients_reach_pred_not_teacher():
     assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in inputs.features)
     assert inputs.teacher_boxes.grad is None
     assert all(f.grad is None for f in inputs.teacher_features)
+
+
+def test_a_confident_head_gives_a_finite_focal_loss_under_bf16_autocast():
+    """In bf16, 1 - 1e-4 rounds to 1.0 and log(1 - p) of a confident head is -inf; the head's sigmoid, clamp and
+    decode run in float32 under autocast, so the loss stays finite."""
+    from ct_ray.models import OneStreamTracker, TrackerConfig
+
+    assert torch.tensor(1 - 1e-4, dtype=torch.bfloat16).item() == 1.0
+    torch.manual_seed(0)
+    model = OneStreamTracker(TrackerConfig(embed_dim=32, depth=2, num_heads=2, head_channels=16, template_size=32,
+                                           search_size=64))
+    with torch.no_grad():
+        model.box_head.conv5_ctr.bias.fill_(30.0)  # every cell a near-certain target
+    template, search = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(template, search)
+        terms = TrackingLoss(LossWeights(guidance=0.0, mimicking=0.0))(LossInputs(
+            pred=out, gt_boxes=torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 2),
+            num_template_tokens=model.num_template_tokens))
+    assert out["score_map"].dtype == torch.float32 and out["pred_boxes"].dtype == torch.float32
+    assert out["score_map"].max().item() == pytest.approx(1 - 1e-4)
+    assert torch.isfinite(terms["focal"]) and torch.isfinite(terms["total"])

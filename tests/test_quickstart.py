@@ -7,21 +7,19 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from ct_ray.config import ConfigError
-from ct_ray.quickstart import (
+from ct_ray.studies.design import (
     AblationSpec,
     Preset,
-    TrackerResult,
     ablation_arm,
     ablation_arms,
     baseline_arms,
-    format_markdown,
     load_preset,
-    paired_difference,
     quickstart_arms,
     rebase,
-    summarise,
 )
-from ct_ray.train.config import RunKind, ScheduleKind
+from ct_ray.studies.paired_stats import TrackerResult, paired_difference, summarise
+from ct_ray.studies.tables import format_markdown
+from ct_ray.training.experiment import RunKind, ScheduleKind
 
 REPO = Path(__file__).resolve().parents[1]
 ABLATIONS = sorted((REPO / "experiments" / "ablations").glob("*.yaml"))
@@ -72,7 +70,8 @@ def test_ablation_files_change_only_what_they_name():
 def test_preset_overrides_and_a_study_folder_holds_one_study(tmp_path, capsys):
     from ct_ray.cli import main
     from ct_ray.config import to_dict
-    from ct_ray.quickstart import check_reusable, with_scaling
+    from ct_ray.orchestration.study import check_reusable
+    from ct_ray.studies.design import with_scaling
 
     longer = load_preset("small", ["teacher.run.epochs=60", "teacher.optim.lr_drop_epoch=54"])
     assert (longer.teacher.run.epochs, longer.teacher.optim.lr_drop_epoch) == (60, 54)
@@ -269,7 +268,7 @@ def test_bad_preset_and_seeds_are_rejected_before_work(tmp_path):
 
 
 def test_scaling_changes_hardware_not_budget():
-    from ct_ray.quickstart import with_scaling
+    from ct_ray.studies.design import with_scaling
 
     preset = load_preset(Preset.FULL)
     scaled = with_scaling(preset, workers=4, gpu=True)

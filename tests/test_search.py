@@ -10,7 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from ct_ray.config import ConfigError, from_dict, to_dict
-from ct_ray.search.config import SearchConfig, check_search, grid_points, load_search, parse_space
+from ct_ray.training.search_space import SearchConfig, check_search, grid_points, load_search, parse_space
 from helpers import write_training_workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def test_invalid_space_rejected_before_the_search(search_workspace):
 
 def test_search_interrupted_after_first_trial_resumes(search_workspace, ray_session):
     """`ct-ray tune` is interrupted (SIGINT) once its first trial has finished; `--resume` finishes the rest."""
-    from ct_ray.search.runner import run_search
+    from ct_ray.orchestration.tune_search import run_search
 
     search = search_config(search_workspace)
     path = search_workspace / "search.yaml"

@@ -221,7 +221,7 @@ def test_generation_speed():
     ({"preset": "nightmare"}, r"preset.*'easy', 'hard', 'standard'"),
     ({"frame_size": (32, 320)}, "frame_size"),
     ({"frame_size": (240,)}, "frame_size"),
-    ({"test_fraction": 1.0}, "test_fraction"),
+    ({"test_fraction": 1.5}, "test_fraction"),
 ])
 def test_bad_parameters_raise_naming_the_parameter(tmp_path, kwargs, match):
     args = {"out": tmp_path / "x", "sequences": 2, "frames": 3, "seed": 0, **kwargs}
@@ -279,3 +279,10 @@ def test_an_interrupted_run_leaves_whole_sequences_and_resumes(bench, tmp_path, 
     (out / ".synth-tmp-star-1-killed" / "img").mkdir(parents=True)  # left by a killed process
     assert generate_benchmark(out, SEQUENCES, FRAMES, seed=3, preset="standard") == info
     assert _tree(out) == _tree(root) and not list(out.glob(".synth-tmp-*"))
+
+
+def test_a_benchmark_of_test_sequences_only(tmp_path):
+    info = generate_benchmark(tmp_path / "b", sequences=3, frames=3, seed=0, preset="easy", frame_size=(64, 64),
+                              test_fraction=1.0)
+    assert (info["train_sequences"], info["test_sequences"]) == (0, 3)
+    assert (tmp_path / "b" / "training_set.txt").read_text() == ""

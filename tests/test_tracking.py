@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ct_ray.tracking import OnlineTracker, clip_box, hann2d
-from ct_ray.tracking.tracker import run_sequence
+from ct_ray.tracking.online import run_sequence
 
 H, W = 120, 160
 

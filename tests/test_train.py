@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from ct_ray.config import ConfigError, load_config
 from ct_ray.models import load_tracker
-from ct_ray.train.config import ExperimentConfig
+from ct_ray.training.experiment import ExperimentConfig
 from helpers import write_training_workspace
 
 
@@ -39,7 +39,7 @@ def test_config_errors_name_the_key(workspace):
         load_config(ExperimentConfig, None, ["kind=distillation"])
     with pytest.raises(ConfigError, match="must be 0 for the student-only baseline"):
         load_config(ExperimentConfig, None, base + ["kind=student-only"])
-    from ct_ray.train.launcher import check_experiment
+    from ct_ray.training.experiment import check_experiment
 
     config = load_config(ExperimentConfig, None, base + ["student.stages=[1,2]", "student.num_stages=2"])
     with pytest.raises(ConfigError, match="covers 3 blocks, but the teacher has 4"):
@@ -51,7 +51,7 @@ def test_config_errors_name_the_key(workspace):
 
 
 def test_compression_run_is_tracked_in_mlflow(workspace):
-    from ct_ray.train.launcher import train
+    from ct_ray.orchestration.train_launcher import train
 
     config = load_config(ExperimentConfig, None, overrides(workspace, "ct", "run.epochs=2"))
     outcome = train(config)
@@ -81,7 +81,7 @@ def test_compression_run_is_tracked_in_mlflow(workspace):
 def test_two_runs_of_one_config_see_the_same_batches_and_end_equal(workspace):
     """The defaults (files shuffled from run.seed every pass, rows in order, a seeded shuffle buffer) repeat: two
     runs of one config log the same losses and end with the same weights; another seed does not."""
-    from ct_ray.train.launcher import train
+    from ct_ray.orchestration.train_launcher import train
 
     common = ["run.epochs=2", "data.val_dataset=null", "data.shuffle_buffer=16", "mlflow.enabled=false"]
     outcomes = [train(load_config(ExperimentConfig, None, overrides(workspace, name, *common, f"run.seed={seed}")))
@@ -112,7 +112,7 @@ def _kill_a_worker_after_first_checkpoint(run_dir: Path, stop: threading.Event) 
 
 
 def _train_with_kill(config, run_dir: Path):
-    from ct_ray.train.launcher import train
+    from ct_ray.orchestration.train_launcher import train
 
     stop = threading.Event()
     killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(run_dir, stop))
@@ -127,7 +127,7 @@ def _train_with_kill(config, run_dir: Path):
 def test_killed_worker_recovers_and_resume_continues(workspace):
     """A deterministic 4-epoch run three ways: uninterrupted; a worker killed after the first checkpoint with one
     retry allowed; a worker killed with no retry, then `--resume`. All end at epoch 4 with the same weights."""
-    from ct_ray.train.launcher import resume_config, train
+    from ct_ray.orchestration.train_launcher import resume_config, train
 
     common = ["run.epochs=4", "run.deterministic=true", "data.val_dataset=null", "run.keep_checkpoints=4"]
     reference = train(load_config(ExperimentConfig, None, overrides(workspace, "ref", *common)))

@@ -8,7 +8,7 @@ from ct_ray.compress.replacement import (
     StageChoice,
     stage_parameter_names,
 )
-from ct_ray.compress.step import replacement_losses
+from ct_ray.compress.objective import replacement_losses
 from ct_ray.compress.schedule import FixedSchedule, ProgressiveSchedule, replacement_probability
 
 __all__ = [

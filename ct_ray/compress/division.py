@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ct_ray.models.tracker import BlockLayer, OneStreamTracker
+from ct_ray.models.one_stream import BlockLayer, OneStreamTracker
 from timm.models.vision_transformer import Block
 
 

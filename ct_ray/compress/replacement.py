@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ct_ray.compress.division import StageDivision, freeze
-from ct_ray.models.tracker import OneStreamTracker
+from ct_ray.models.one_stream import OneStreamTracker
 
 
 class StageChoice(enum.Enum):
@@ -69,16 +69,23 @@ class ReplacementPlan:
 class PlanSampler:
     """Draws b_i ~ Bernoulli(p) per stage; if no stage drew the student, one stage chosen uniformly does.
 
-    The generator is seeded with ``(seed, step)``, so the plan is a pure function of the step.
+    Below ``single_stage_below`` (the reference code's 0.5; None: never) exactly one stage, chosen uniformly, is
+    the student's. The generator is seeded with ``(seed, step)``, so the plan is a pure function of the step and
+    every data-parallel worker draws the same one.
     """
 
     num_stages: int
     seed: int = 0
+    single_stage_below: float | None = 0.5
 
     def sample(self, step: int, p: float) -> ReplacementPlan:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"replacement probability must be in [0, 1], got {p}")
         rng = np.random.default_rng([self.seed, step])
+        if self.single_stage_below is not None and p < self.single_stage_below:
+            bits = np.zeros(self.num_stages, dtype=bool)
+            bits[rng.integers(self.num_stages)] = True
+            return ReplacementPlan.from_bits(bits.tolist())
         bits = rng.random(self.num_stages) < p
         if not bits.any():
             bits[rng.integers(self.num_stages)] = True
@@ -128,7 +135,7 @@ class ReplacementModel(nn.Module):
         if len(student.blocks) != division.student_depth:
             raise ValueError(f"student has {len(student.blocks)} blocks, the division needs "
                              f"{division.student_depth} ({list(division.student_stages)})")
-        for name in ("template_size", "search_size", "patch_size"):
+        for name in ("template_size", "search_size", "patch_size", "template_factor", "search_factor"):
             if getattr(teacher.config, name) != getattr(student.config, name):
                 raise ValueError(f"teacher and student differ in {name}: {getattr(teacher.config, name)} vs "
                                  f"{getattr(student.config, name)}")

@@ -54,14 +54,20 @@ class ProgressiveSchedule:
 
 @dataclass(frozen=True)
 class FixedSchedule:
-    """A constant p (the paper's fixed-p ablation; p = 1 trains the student alone)."""
+    """A constant p (the paper's fixed-p ablation), then p = 1 (the student alone) for the last
+    ``final_fraction`` of the epochs, as the paper fine-tunes (300 epochs, then 30 of the student alone): the tested
+    network has trained alone on the same share of the budget as under the progressive schedule."""
 
     p: float
+    final_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0.0 < self.p <= 1.0:
             raise ValueError(f"a fixed replacement probability must be in (0, 1], got {self.p}")
+        if not 0.0 <= self.final_fraction < 1.0:
+            raise ValueError(f"final_fraction must be in [0, 1), got {self.final_fraction}")
 
     def __call__(self, epoch: int, total_epochs: int) -> float:
         _check_epoch(epoch, total_epochs)
-        return float(self.p)
+        final = math.floor(total_epochs * self.final_fraction + 1e-9)
+        return 1.0 if epoch - 1 >= total_epochs - final else float(self.p)

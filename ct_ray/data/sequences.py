@@ -15,13 +15,14 @@ import cv2
 import numpy as np
 
 from ct_ray.boxes import is_valid_xywh
+from ct_ray.errors import UserError
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError, ValueError):
     """A dataset file that is missing or malformed; the message names the file (and line)."""
 
 
-class FrameReadError(OSError):
+class FrameReadError(UserError, OSError):
     """A frame that cannot be read or decoded; the message names the file."""
 
 

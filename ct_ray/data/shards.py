@@ -1,48 +1,58 @@
-"""Crop-pair shards: Parquet files of template/search pairs, their schema, their manifest, and one shard's build.
+"""Crop-pair shards: Parquet files of stored pairs, their schema, their manifest, and one shard's build and checks.
+
+A shard set lives in a folder or under a store URI (``s3://bucket/prefix``; ``ct_ray.fileio.Location``). A row holds
+what sample-time sampling needs (``ct_ray.data.samples``): the template crop and the search frame's context crop as
+JPEG, and the boxes in their pixels; the search window, the crop and the augmentation are drawn when a row is read,
+so every pass over a shard gives new samples.
 
 A shard build is a pure function of (sources, sampling config, seed, shard index): pair ``p`` is drawn with a
-generator seeded by ``(seed, p)``, so a shard can be rebuilt identically, and an interrupted build resumes by skipping
-shards that are already complete (each is written to a temporary file and renamed into place).
+generator seeded by ``(seed, p)``, so a shard can be rebuilt identically, and an interrupted build resumes by keeping
+the shards that are already complete and of the right schema (each is uploaded whole, or written to a temporary file
+and renamed into place). ``_manifest.json`` records the plan, the crop settings and every shard's rows, size and
+SHA-256, which are checked on resume and (size, rows, schema) when a run starts.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import tempfile
+from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence as Seq
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ct_ray.data.pairs import PairRecord, PairSampler, PairSamplingConfig
-from ct_ray.data.sequences import DatasetIndex, load_dataset
-from ct_ray.fileio import atomic_path, atomic_write_text
+from ct_ray.data.samples import encode_jpeg
+from ct_ray.data.sequences import DatasetIndex
+from ct_ray.errors import UserError
+from ct_ray.fileio import Location, StorageError, file_sha256
 
 MANIFEST = "_manifest.json"
 BUILD_RECORD = "_build.json"
-SHARD_FORMAT = "ct-ray-pairs/1"
+SHARD_FORMAT = "ct-ray-pairs/2"
+OLD_FORMATS = {"ct-ray-pairs/1": "frozen search crops"}
 
 PAIR_SCHEMA = pa.schema([
     ("pair_index", pa.int64()),
-    ("epoch", pa.int32()),
     ("template_jpeg", pa.binary()),
-    ("search_jpeg", pa.binary()),
+    ("context_jpeg", pa.binary()),
     ("template_box", pa.list_(pa.float32(), 4)),
-    ("search_box", pa.list_(pa.float32(), 4)),
+    ("context_box", pa.list_(pa.float32(), 4)),
     ("search_visible", pa.bool_()),
     ("dataset", pa.string()),
     ("sequence", pa.string()),
     ("template_frame", pa.int32()),
     ("search_frame", pa.int32()),
 ])
+READ_COLUMNS = ["pair_index", "template_jpeg", "context_jpeg", "context_box"]
+ROW_GROUP_ROWS = 64  # a work item reads one row group (``ct_ray.data.sources.ITEM_ROWS``)
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(UserError, ValueError):
     """A shard or manifest that does not match the pair format; the message names the file."""
 
 
@@ -120,32 +130,18 @@ class ShardPlan:
         }
 
 
-@lru_cache(maxsize=16)
-def _cached_index(spec: str, split: str | None) -> DatasetIndex:
-    return load_dataset(spec, split=split)
+def pair_sampler(plan: ShardPlan, indices: Seq[DatasetIndex]) -> PairSampler:
+    return PairSampler(indices, [s.ratio for s in plan.sources], plan.sampling)
 
 
-def pair_sampler(plan: ShardPlan) -> PairSampler:
-    datasets = [_cached_index(s.spec, s.split) for s in plan.sources]
-    return PairSampler(datasets, [s.ratio for s in plan.sources], plan.sampling)
-
-
-def encode_jpeg(image_rgb: np.ndarray, quality: int) -> bytes:
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return data.tobytes()
-
-
-def pairs_table(pairs: Iterable[tuple[int, PairRecord]], plan: ShardPlan) -> pa.Table:
+def pairs_table(pairs: Iterable[tuple[int, PairRecord]], quality: int) -> pa.Table:
     columns: dict[str, list] = {name: [] for name in PAIR_SCHEMA.names}
     for index, pair in pairs:
         columns["pair_index"].append(index)
-        columns["epoch"].append(index // plan.pairs_per_epoch)
-        columns["template_jpeg"].append(encode_jpeg(pair.template, plan.jpeg_quality))
-        columns["search_jpeg"].append(encode_jpeg(pair.search, plan.jpeg_quality))
+        columns["template_jpeg"].append(encode_jpeg(pair.template, quality))
+        columns["context_jpeg"].append(encode_jpeg(pair.context, quality))
         columns["template_box"].append([float(v) for v in pair.template_box])
-        columns["search_box"].append([float(v) for v in pair.search_box])
+        columns["context_box"].append([float(v) for v in pair.context_box])
         columns["search_visible"].append(pair.search_visible)
         columns["dataset"].append(pair.dataset)
         columns["sequence"].append(pair.sequence)
@@ -154,95 +150,180 @@ def pairs_table(pairs: Iterable[tuple[int, PairRecord]], plan: ShardPlan) -> pa.
     return pa.table(columns, schema=PAIR_SCHEMA)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _entry(name: str, rows: int, local: Path) -> dict:
+    return {"file": name, "rows": rows, "bytes": local.stat().st_size, "sha256": file_sha256(local)}
 
 
-def build_shard(plan: ShardPlan, shard: int, out_dir: str | os.PathLike) -> dict:
-    """Samples, crops and writes shard ``shard`` atomically; returns its manifest entry."""
-    sampler = pair_sampler(plan)
+def build_shard(plan: ShardPlan, shard: int, out: str | os.PathLike | Location, indices: Seq[DatasetIndex]
+                ) -> tuple[dict, dict]:
+    """Samples, crops and writes shard ``shard`` (atomically, to a folder or a store); returns its manifest entry
+    and the frames skipped because their box lies outside the image (``{"sequence:frame": count}``)."""
+    sampler = pair_sampler(plan, indices)
     pairs = ((p, sampler.sample(np.random.default_rng([plan.seed, p]))) for p in plan.shard_range(shard))
-    table = pairs_table(pairs, plan)
-    path = Path(out_dir) / plan.shard_name(shard)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return {"file": path.name, "rows": table.num_rows, "sha256": file_sha256(path)}
+    table = pairs_table(pairs, plan.jpeg_quality)
+    name = plan.shard_name(shard)
+    with tempfile.TemporaryDirectory(prefix="ct-ray-shard-") as folder:
+        local = Path(folder) / name
+        pq.write_table(table, local, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        Location.of(out).child(name).upload(local)
+        entry = _entry(name, table.num_rows, local)
+    return entry, {f"{seq}:{frame}": count for (seq, frame), count in sampler.skipped.items()}
 
 
-def existing_shard_entry(plan: ShardPlan, shard: int, out_dir: str | os.PathLike) -> dict | None:
-    """The manifest entry of a complete shard already on disk, or None (absent or unreadable: rebuild it)."""
-    path = Path(out_dir) / plan.shard_name(shard)
-    if not path.is_file():
+def _schema_problem(schema: pa.Schema) -> list[str]:
+    return [f.name for f in PAIR_SCHEMA if schema.get_field_index(f.name) < 0
+            or not schema.field(f.name).type.equals(f.type)]
+
+
+def verify_shard(location: Location, rows: int | None = None, sha256: str | None = None,
+                 size: int | None = None) -> dict:
+    """A shard file's manifest entry after checking it: readable Parquet of the pair schema, with ``rows`` rows
+    (and ``size`` bytes, and the SHA-256 ``sha256``, when given). Raises ``ShardFormatError`` naming the file."""
+    if not location.is_file():
+        raise ShardFormatError(f"{location}: shard file missing")
+    actual_size = location.size()
+    if size is not None and actual_size != size:
+        raise ShardFormatError(f"{location}: {actual_size} bytes, the manifest says {size}")
+    try:
+        with location.open_input() as handle:
+            metadata = pq.read_metadata(handle)
+            schema = metadata.schema.to_arrow_schema()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ShardFormatError(f"{location}: not a readable Parquet file: {exc}") from None
+    missing = _schema_problem(schema)
+    if missing:
+        raise ShardFormatError(f"{location}: wrong schema, columns missing or of another type: {missing}")
+    if rows is not None and metadata.num_rows != rows:
+        raise ShardFormatError(f"{location}: {metadata.num_rows} rows, expected {rows}")
+    entry = {"file": location.name, "rows": int(metadata.num_rows), "bytes": actual_size}
+    if sha256 is not None:
+        with tempfile.TemporaryDirectory(prefix="ct-ray-verify-") as folder:
+            local = location.download(Path(folder) / location.name) if not location.is_local else Path(location.path)
+            digest = file_sha256(local)
+        if digest != sha256:
+            raise ShardFormatError(f"{location}: checksum {digest[:12]}... does not match the manifest's "
+                                   f"{sha256[:12]}...")
+        entry["sha256"] = digest
+    return entry
+
+
+def existing_shard_entry(plan: ShardPlan, shard: int, out: Location, recorded: dict | None) -> dict | None:
+    """The manifest entry of a complete, well-formed shard already in ``out``, or None (absent, partial, of
+    another schema or checksum: rebuild it). With a previous manifest entry its checksum is verified."""
+    location = out.child(plan.shard_name(shard))
+    if not location.is_file():
         return None
     try:
-        rows = pq.read_metadata(path).num_rows
-    except (pa.ArrowInvalid, OSError):
+        entry = verify_shard(location, rows=len(plan.shard_range(shard)),
+                             sha256=(recorded or {}).get("sha256"))
+    except ShardFormatError:
         return None
-    if rows != len(plan.shard_range(shard)):
-        return None
-    return {"file": path.name, "rows": rows, "sha256": file_sha256(path)}
+    if "sha256" not in entry:
+        with tempfile.TemporaryDirectory(prefix="ct-ray-verify-") as folder:
+            local = location.download(Path(folder) / location.name) if not location.is_local else Path(location.path)
+            entry["sha256"] = file_sha256(local)
+    return entry
 
 
-def prepare_output(plan: ShardPlan, out_dir: str | os.PathLike) -> None:
-    """Records the plan in the output folder; a folder holding shards of another plan is refused."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    record = out / BUILD_RECORD
+def prepare_output(plan: ShardPlan, out: str | os.PathLike | Location) -> Location:
+    """Records the plan in the output folder. A folder holding shards of another plan is refused; a record left by
+    a build that wrote no shard (a failed start) is replaced."""
+    out = Location.of(out).mkdirs()
+    record = out.child(BUILD_RECORD)
     wanted = plan.to_dict()
-    if record.exists():
-        existing = json.loads(record.read_text())
-        if existing != wanted:
+    if record.is_file():
+        try:
+            existing = json.loads(record.read_text())
+        except json.JSONDecodeError:
+            existing = {}
+        plan_part = {k: v for k, v in existing.items() if k not in ("built", "skipped_frames")}
+        has_shards = any(entry.name.endswith(".parquet") for entry in out.list())
+        if plan_part != wanted and has_shards:
             raise ShardFormatError(f"{record}: this folder holds shards of another sampling plan; use a new --out "
                                    "folder or remove it")
-    else:
-        atomic_write_text(record, json.dumps(wanted, indent=2, sort_keys=True))
+        if plan_part == wanted:
+            return out  # the same build resumes: keep what it recorded
+    record.write_text(json.dumps(wanted, indent=2, sort_keys=True))
+    return out
 
 
-def write_manifest(plan: ShardPlan, out_dir: str | os.PathLike, entries: Seq[dict],
-                   source_counts: Seq[dict]) -> dict:
+def write_manifest(plan: ShardPlan, out: str | os.PathLike | Location, entries: Seq[dict],
+                   source_counts: Seq[dict], skipped: dict | None = None) -> dict:
     manifest = {
         **plan.to_dict(),
         "source_counts": list(source_counts),
         "total_rows": int(sum(e["rows"] for e in entries)),
+        "skipped_frames": dict(sorted((skipped or {}).items())),
         "shards": sorted(entries, key=lambda e: e["file"]),
     }
-    atomic_write_text(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=2))
+    Location.of(out).child(MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
-def read_manifest(shard_dir: str | os.PathLike) -> dict:
-    path = Path(shard_dir) / MANIFEST
-    if not path.is_file():
+def read_manifest(shards: str | os.PathLike | Location) -> dict:
+    """The manifest of a shard set; an old format is refused with how to rebuild it."""
+    path = Location.of(shards).child(MANIFEST)
+    try:
+        exists = path.is_file()
+    except StorageError as exc:
+        raise ShardFormatError(f"{path}: the shard store cannot be reached: {exc}") from None
+    if not exists:
         raise ShardFormatError(f"{path}: no shard manifest (build shards with `ct-ray data shards`)")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ShardFormatError(f"{path}: malformed JSON: {exc}") from exc
+    if manifest.get("format") in OLD_FORMATS:
+        raise ShardFormatError(f"{path}: shards of the old format {manifest['format']} "
+                               f"({OLD_FORMATS[manifest['format']]}): rebuild them into a new folder with "
+                               "`ct-ray data shards` (same --source options; the search window is now drawn when a "
+                               "row is read)")
     if manifest.get("format") != SHARD_FORMAT or not isinstance(manifest.get("shards"), list):
         raise ShardFormatError(f"{path}: not a {SHARD_FORMAT} manifest")
     return manifest
 
 
-def shard_files(shard_dir: str | os.PathLike, check_schema: bool = True) -> list[str]:
-    """The manifest's shard files, each checked to exist and to carry the pair schema (metadata only)."""
-    manifest = read_manifest(shard_dir)
+def shard_sampling(manifest: dict) -> PairSamplingConfig:
+    return PairSamplingConfig.from_dict(manifest["sampling"])
+
+
+def shard_files(shards: str | os.PathLike | Location, verify: bool = True) -> list[tuple[Location, int]]:
+    """The manifest's shard files and their rows, each checked (size, rows, schema; no checksum) when ``verify``."""
+    root = Location.of(shards)
+    manifest = read_manifest(root)
     files = []
     for entry in manifest["shards"]:
-        path = Path(shard_dir) / entry["file"]
-        if not path.is_file():
-            raise ShardFormatError(f"{path}: listed in the manifest but missing")
-        if check_schema:
-            try:
-                schema = pq.read_schema(path)
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise ShardFormatError(f"{path}: not a readable Parquet file: {exc}") from exc
-            missing = [f.name for f in PAIR_SCHEMA if schema.get_field_index(f.name) < 0
-                       or not schema.field(f.name).type.equals(f.type)]
-            if missing:
-                raise ShardFormatError(f"{path}: wrong schema, columns missing or of another type: {missing}")
-        files.append(str(path))
+        location = root.child(entry["file"])
+        if verify:
+            verify_shard(location, rows=entry["rows"], size=entry.get("bytes"))
+        files.append((location, int(entry["rows"])))
     return files
+
+
+def read_rows(location: Location, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows ``start:stop`` of a shard file (the columns sampling needs), as numpy columns; only the row groups that
+    hold them are read."""
+    try:
+        with location.open_input() as handle:
+            parquet = pq.ParquetFile(handle)
+            groups, first, offset = [], None, 0
+            for index in range(parquet.metadata.num_row_groups):
+                rows = parquet.metadata.row_group(index).num_rows
+                if offset + rows > start and offset < stop:
+                    groups.append(index)
+                    first = offset if first is None else first
+                offset += rows
+            table = parquet.read_row_groups(groups, columns=READ_COLUMNS).slice(start - (first or 0), stop - start)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ShardFormatError(f"{location}: cannot read rows {start}:{stop}: {exc}") from None
+    return {"pair_index": table.column("pair_index").to_numpy(),
+            "template": np.array(table.column("template_jpeg").to_pylist(), dtype=object),
+            "context": np.array(table.column("context_jpeg").to_pylist(), dtype=object),
+            "context_box": np.array(table.column("context_box").to_pylist(), dtype=np.float64).reshape(-1, 4)}
+
+
+def merge_skipped(counts: Iterable[dict]) -> dict:
+    total: Counter = Counter()
+    for count in counts:
+        total.update(count)
+    return dict(total)

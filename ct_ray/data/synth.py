@@ -64,6 +64,7 @@ __all__ = [
     "generate_benchmark",
     "render_sequence",
     "sequence_plan",
+    "simulate_scene",
 ]
 
 SYNTH_VERSION = 1
@@ -801,19 +802,25 @@ class _Renderer:
         np.clip(frame, 0, 255, out=frame)
         return frame.astype(np.uint8)
 
+    def truth(self, frames=slice(None)) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The annotation rules of the module docstring for rendered ``frames``: ground-truth boxes (0,0,0,0 when
+        absent), full-occlusion and out-of-view flags, and the occluded share of the in-image target pixels."""
+        s = self.scene
+        extent, in_frame = self.extent[frames].reshape(-1, 4), self.in_frame[frames].reshape(-1)
+        unoccluded = self.unoccluded[frames].reshape(-1)
+        clipped = np.array([_clip_box((x, y, x + w, y + h), s.height, s.width) for x, y, w, h in extent],
+                           np.int64).reshape(-1, 4)
+        out_of_view = ((clipped[:, 2] < MIN_VISIBLE_SIDE) | (clipped[:, 3] < MIN_VISIBLE_SIDE)
+                       | (in_frame < MIN_VISIBLE_PIXELS))
+        occluded = np.where(in_frame > 0, 1.0 - unoccluded / np.maximum(in_frame, 1), 0.0)
+        full_occlusion = ~out_of_view & (occluded >= FULL_OCCLUSION_THRESHOLD)
+        boxes = np.where((~(out_of_view | full_occlusion))[:, None], clipped, 0)
+        return boxes, full_occlusion, out_of_view, occluded
+
     def annotation(self) -> SynthAnnotation:
         s = self.scene
         H, W = s.height, s.width
-        n = self.n
-        boxes = np.zeros((n, 4), np.int64)
-        clipped = np.array([_clip_box((x, y, x + w, y + h), H, W) for x, y, w, h in self.extent], np.int64)
-        clipped = clipped.reshape(n, 4)
-        out_of_view = ((clipped[:, 2] < MIN_VISIBLE_SIDE) | (clipped[:, 3] < MIN_VISIBLE_SIDE)
-                       | (self.in_frame < MIN_VISIBLE_PIXELS))
-        occluded = np.where(self.in_frame > 0, 1.0 - self.unoccluded / np.maximum(self.in_frame, 1), 0.0)
-        full_occlusion = ~out_of_view & (occluded >= FULL_OCCLUSION_THRESHOLD)
-        visible = ~(out_of_view | full_occlusion)
-        boxes[visible] = clipped[visible]
+        boxes, full_occlusion, out_of_view, occluded = self.truth()
         tgt = s.target
         description = f"{tgt.colour} {_TEXTURE_WORDS[tgt.texture_kind]} {tgt.cls}"
         return SynthAnnotation(
@@ -869,6 +876,16 @@ def _iter_sequence(rng, preset, frames, frame_size, target_class, draw_target):
     return frames_iter(), renderer
 
 
+def simulate_scene(rng: np.random.Generator | int | list[int], preset: str | SynthPreset = "standard",
+                   frames: int = 100, frame_size: tuple[int, int] = (240, 320)) -> "_Renderer":
+    """A simulated sequence whose frames are rendered on demand (``renderer.render(t)`` in any order, then
+    ``renderer.truth([t, ...])``): what the synthetic training stream draws pairs from without writing files."""
+    p = _resolve_preset(preset)
+    frames = _check_int("frames", frames, 2)
+    H, W = _check_frame_size(frame_size)
+    return _Renderer(_simulate(_as_rng(rng), p, frames, H, W, None), frames)
+
+
 def render_sequence(rng: np.random.Generator | int | list[int], preset: str | SynthPreset = "standard",
                     frames: int = 100, frame_size: tuple[int, int] = (240, 320), *,
                     target_class: str | None = None,
@@ -905,6 +922,10 @@ def benchmark_sequence(seed: int, index: int, preset: str = "standard", frames: 
 
 
 def _split(seed: int, sequences: int, test_fraction: float) -> set[int]:
+    """The test sequences: ``round(sequences * test_fraction)``, at least one and (below 1.0) at least one left for
+    training; 1.0 makes every sequence a test sequence (a benchmark whose training data is the stream)."""
+    if test_fraction >= 1.0:
+        return set(range(sequences))
     if sequences < 2:
         return set()
     n_test = min(max(int(round(sequences * test_fraction)), 1), sequences - 1)
@@ -918,11 +939,17 @@ def _flags_line(flags: np.ndarray) -> str:
 
 def _write_sequence(out: Path, name: str, cls: str, rng: np.random.Generator, preset: str, frames: int,
                     frame_size: tuple[int, int]) -> SynthAnnotation:
+    return write_rendered(out, name, _iter_sequence(rng, preset, frames, frame_size, cls, True))
+
+
+def write_rendered(out: Path, name: str, rendered: tuple[Iterator[np.ndarray], "_Renderer"]) -> SynthAnnotation:
+    """Writes a rendered sequence (frames, renderer) as ``out/<class>/<name>`` in LaSOT layout, atomically."""
+    iterator, renderer = rendered
+    cls = renderer.scene.target.cls
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}-", dir=out))
     try:
         img = tmp / "img"
         img.mkdir()
-        iterator, renderer = _iter_sequence(rng, preset, frames, frame_size, cls, True)
         params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
         for t, image in enumerate(iterator):
             ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
@@ -990,8 +1017,8 @@ def generate_benchmark(out: str | os.PathLike, sequences: int, frames: int, seed
         raise ValueError(f"unknown preset {preset!r}; known presets: {sorted(PRESETS)}")
     height, width = _check_frame_size(frame_size)
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
-            or not 0.0 <= float(test_fraction) < 1.0:
-        raise ValueError(f"test_fraction must be a number in [0, 1), got {test_fraction!r}")
+            or not 0.0 <= float(test_fraction) <= 1.0:
+        raise ValueError(f"test_fraction must be a number in [0, 1], got {test_fraction!r}")
     test_fraction = float(test_fraction)
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ct_ray.errors import UserError
 from ct_ray.fileio import atomic_write_text
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
 _SEPARATORS = re.compile(r"[,\s]+")
 
 
-class ResultsFormatError(ValueError):
+class ResultsFormatError(UserError, ValueError):
     """A result file that is malformed or too short; the message names the file (and the line)."""
 
 

@@ -5,6 +5,7 @@ from ct_ray.models.checkpoints import (
     ct_ray_to_ostrack,
     infer_config,
     init_from_vit,
+    load_checkpoint,
     load_ostrack,
     load_teacher,
     load_tracker,
@@ -13,10 +14,18 @@ from ct_ray.models.checkpoints import (
     safe_load,
     save_tracker,
 )
-from ct_ray.models.tracker import CenterHead, OneStreamTracker, TrackerConfig, count_parameters, decode_boxes
+from ct_ray.models.one_stream import (
+    CenterHead,
+    OneStreamTracker,
+    TrackerConfig,
+    count_parameters,
+    decode_boxes,
+    set_drop_path,
+    unwrap,
+)
 
 __all__ = [
     "TEACHERS", "CenterHead", "CheckpointError", "OneStreamTracker", "TrackerConfig", "count_parameters",
-    "ct_ray_to_ostrack", "decode_boxes", "infer_config", "init_from_vit", "load_ostrack", "load_teacher",
-    "load_tracker", "ostrack_to_ct_ray", "register_teacher", "safe_load", "save_tracker",
+    "ct_ray_to_ostrack", "decode_boxes", "infer_config", "init_from_vit", "load_checkpoint", "load_ostrack",
+    "load_teacher", "load_tracker", "ostrack_to_ct_ray", "register_teacher", "safe_load", "save_tracker", "set_drop_path", "unwrap",
 ]

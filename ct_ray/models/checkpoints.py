@@ -6,6 +6,7 @@ loads with ``weights_only=True`` and no code from it runs.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import pickle
@@ -15,15 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ct_ray.errors import UserError
 from ct_ray.fileio import atomic_path
-from ct_ray.models.tracker import OneStreamTracker, TrackerConfig
+from ct_ray.models.one_stream import OneStreamTracker, TrackerConfig
 
 OSTRACK_UNUSED_KEYS = ("backbone.cls_token", "backbone.pos_embed")
 CHECKPOINT_FORMAT = "ct-ray-tracker/1"
 _TRUSTED_MODULES = ("torch", "numpy", "builtins", "collections", "_codecs", "copyreg")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint whose keys or shapes do not fit the model it is loaded into."""
 
 
@@ -241,9 +243,29 @@ def register_teacher(name: str) -> Callable[[TeacherLoader], TeacherLoader]:
 
 
 def load_teacher(kind: str, path: str | os.PathLike, **options: Any) -> OneStreamTracker:
+    """The tracker in ``path`` read by the loader registered as ``kind``. Options the loader does not take (e.g.
+    ``num_heads`` for a ct-ray file, which records its heads) are a ``CheckpointError`` naming them."""
     if kind not in TEACHERS:
-        raise ValueError(f"unknown teacher kind {kind!r}; registered: {sorted(TEACHERS)}")
-    return TEACHERS[kind](path, **options)
+        raise CheckpointError(f"unknown teacher kind {kind!r}; registered: {sorted(TEACHERS)}")
+    loader = TEACHERS[kind]
+    accepted = inspect.signature(loader).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = sorted(name for name, value in options.items() if value is not None and name not in accepted)
+    if unknown and not takes_any:
+        raise CheckpointError(f"a {kind} checkpoint takes no option {unknown} (it records that itself)")
+    return loader(path, **{name: value for name, value in options.items() if value is not None})
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str = "ct-ray", num_heads: int | None = None
+                    ) -> tuple[OneStreamTracker, dict[str, Any]]:
+    """The one way to open a tracker file: ``(model, meta)``. ct-ray checkpoints keep their metadata (kind, epoch,
+    crop settings, MLflow run, ...); OSTrack / ViT files have none. ``num_heads`` is for the formats that do not
+    record it (OSTrack, ViT)."""
+    if kind == "ct-ray":
+        if num_heads is not None:
+            raise CheckpointError("a ct-ray checkpoint records its attention heads: give no num_heads")
+        return load_tracker(path)
+    return load_teacher(kind, path, num_heads=num_heads), {}
 
 
 register_teacher("ostrack")(load_ostrack)

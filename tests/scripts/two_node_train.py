@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from ct_ray.cluster import LOCAL_RAY_ENV
+from ct_ray.orchestration.cluster import LOCAL_RAY_ENV
 
 for key, value in LOCAL_RAY_ENV.items():
     os.environ.setdefault(key, value)
@@ -37,8 +37,8 @@ def main(workdir: str) -> None:
     ray.init(address=cluster.address)
     try:
         from ct_ray.config import load_config
-        from ct_ray.train.config import ExperimentConfig
-        from ct_ray.train.launcher import train
+        from ct_ray.training.experiment import ExperimentConfig
+        from ct_ray.orchestration.train_launcher import train
         from ray.util.state import list_actors
 
         write_training_workspace(root, pairs_per_epoch=32, epochs=1)

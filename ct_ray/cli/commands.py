@@ -1,0 +1,230 @@
+"""The ``ct-ray`` commands other than evaluation: each imports what it needs when it runs, so parsing stays light."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def load_model(args: argparse.Namespace):
+    """The tracker of ``--checkpoint`` / ``--kind`` / ``--num-heads``."""
+    from ct_ray.models import load_checkpoint
+
+    return load_checkpoint(args.checkpoint, args.kind, args.num_heads)[0]
+
+
+def device(name: str | None) -> str:
+    """``--device``: as given, else cuda when a GPU is there."""
+    if name:
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Architecture and size of a checkpoint, read from its weights."""
+    from ct_ray.models import count_parameters
+    from ct_ray.tracking.speed import count_flops
+
+    model = load_model(args)
+    summary = {**model.config.to_dict(), "params": count_parameters(model), "flops": count_flops(model)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>16}: {value}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Network-only and whole-tracking-step latency and FPS at batch 1."""
+    import torch
+
+    from ct_ray.tracking.speed import profile_tracker
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args)
+    dtype = torch.bfloat16 if args.bf16 else None
+    result = profile_tracker(model, device(args.device), iterations=args.iterations, warmup=args.warmup,
+                             autocast_dtype=dtype)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(f"device {result.device}, {result.threads} threads, {result.dtype}, torch {result.torch_version}, batch 1")
+    print(f"parameters        {result.params / 1e6:.2f} M")
+    print(f"FLOPs / forward   {result.flops / 1e9:.2f} G")
+    print(f"network only      {result.forward_ms:.2f} ms  ({result.forward_fps:.1f} FPS)  <- what papers report")
+    print(f"tracking step     {result.tracking_step_ms:.2f} ms  ({result.tracking_fps:.1f} FPS)  "
+          "(crop + copy + forward + window + decode)")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    """Generate the synthetic tracking benchmark (LaSOT format)."""
+    from ct_ray.data.synth import generate_benchmark
+
+    info = generate_benchmark(args.out, sequences=args.sequences, frames=args.frames, seed=args.seed,
+                              preset=args.preset, frame_size=(args.height, args.width),
+                              test_fraction=args.test_fraction, progress=True)
+    print(f"wrote {info['sequences']} sequences x {info['frames']} frames ({args.preset}) to {args.out}")
+    return 0
+
+
+def cmd_data_shards(args: argparse.Namespace) -> int:
+    """Sample template/search pairs from datasets into Parquet shards: the template crop and a context crop wide
+    enough for the search-window jitter, which is drawn when a row is read (parallel Ray tasks, resumable; the
+    output is a folder or a store URI such as s3://bucket/shards)."""
+    from ct_ray.data.pairs import PairSamplingConfig
+    from ct_ray.data.samples import JitterConfig
+    from ct_ray.data.shards import ShardPlan, SourceSpec
+    from ct_ray.orchestration.cluster import init_ray
+    from ct_ray.orchestration.data_pipeline import build_shards
+
+    jitter = JitterConfig(center_jitter=args.center_jitter, scale_jitter=args.scale_jitter,
+                          max_scale_change=args.max_scale_change)
+    sampling = PairSamplingConfig(max_gap=args.max_gap, template_factor=args.template_factor,
+                                  template_size=args.template_size, search_factor=args.search_factor,
+                                  search_size=args.search_size, context_factor=args.context_factor, jitter=jitter)
+    plan = ShardPlan(sources=tuple(SourceSpec.parse(s) for s in args.source), pairs_per_epoch=args.pairs_per_epoch,
+                     epochs=args.epochs, pairs_per_shard=args.pairs_per_shard, seed=args.seed, sampling=sampling,
+                     jpeg_quality=args.jpeg_quality)
+    init_ray(args.address)
+    manifest = build_shards(plan, args.out, progress=True)
+    skipped = manifest.get("skipped_frames", {})
+    print(f"{manifest['total_rows']} pairs in {len(manifest['shards'])} shards at {args.out}"
+          + (f"; skipped {sum(skipped.values())} frame draws whose box lies outside its image "
+             f"({', '.join(list(skipped)[:3])}{', ...' if len(skipped) > 3 else ''})" if skipped else ""))
+    return 0
+
+
+def cmd_data_preview(args: argparse.Namespace) -> int:
+    """Write what the network sees: PREFIX.png, a grid of decoded, augmented template/search pairs with their boxes,
+    and PREFIX.npz with the arrays exactly as a training worker (rank 0) receives them for that epoch."""
+    from ct_ray.data.preview import preview_samples
+
+    info = preview_samples(args.out, epoch=args.epoch, count=args.count, shards=args.shards, config=args.config,
+                           seed=args.seed, overrides=args.overrides or ())
+    print(f"wrote {info['png']} and {info['npz']} ({info['count']} samples of epoch {args.epoch}, {info['source']})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a teacher or compress one (CompressTracker or a baseline) with Ray Train; every run tracked in MLflow."""
+    from ct_ray.config import load_config
+    from ct_ray.training.experiment import ExperimentConfig
+    from ct_ray.orchestration.train_launcher import resume_config, train
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise ValueError("--resume continues a run with its own config: give no --config or overrides")
+        config, config_path = resume_config(args.resume)
+    elif args.config:
+        config, config_path = load_config(ExperimentConfig, args.config, args.overrides), args.config
+    else:
+        raise ValueError("give --config FILE (see experiments/) or --resume RUN_DIR")
+    outcome = train(config, config_path=config_path, resume=bool(args.resume), ray_address=args.address)
+    metrics = outcome.metrics
+    print(f"run           {outcome.run_dir}")
+    print(f"final tracker {outcome.final_tracker}")
+    if outcome.best_tracker:
+        print(f"best tracker  {outcome.best_tracker}  (best validation AUC {metrics.get('best_val_auc')})")
+    shown = {k: v for k, v in metrics.items() if k.startswith(("loss_total", "val_", "rows_per_s", "replacement_p"))}
+    print("last epoch    " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in sorted(shown.items())))
+    if outcome.mlflow_run_id:
+        from ct_ray.orchestration.mlflow_runs import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(config.mlflow.tracking_uri)
+        print(f"MLflow run    {outcome.mlflow_run_id} in {uri}")
+        print(f"look at it    mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Ray Tune search over stage divisions, replacement schedules, loss weights and student depths (ASHA)."""
+    from ct_ray.training.search_space import load_search, total_trials
+    from ct_ray.orchestration.tune_search import format_table, run_search
+
+    search = load_search(args.config)
+    print(f"search {search.tune.name}: {total_trials(search)} trials, every grid point checked")
+    summaries, files = run_search(search, resume=args.resume, ray_address=args.address)
+    print(format_table(summaries))
+    for name, path in files.items():
+        print(f"{name:>12}: {path}")
+    return 0
+
+
+def _print_study(outcome, title: str) -> None:
+    print()
+    print(title)
+    print(outcome.table)
+    for name, path in outcome.files.items():
+        print(f"{name:>9}: {path}")
+    if outcome.mlflow_uri:
+        print(f"MLflow    : study run {outcome.mlflow_run_id}, every training run nested under it")
+        print(f"look at it: mlflow ui --backend-store-uri {outcome.mlflow_uri} --host 127.0.0.1 --port 5000")
+
+
+def _scored_on(preset) -> str:
+    count = preset.evaluation.heldout_sequences
+    if count:
+        return f"{count} held-out sequences generated from another seed (data/heldout-{count})"
+    return f"the {preset.evaluation.split} sequences of the study's benchmark (data/benchmark)"
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """Data, a 12-block teacher, CompressTracker-4 and both baselines on its budget, all evaluated: one table."""
+    from ct_ray.orchestration.study import run_study
+    from ct_ray.studies.design import load_preset, quickstart_arms, with_heldout, with_scaling
+
+    preset = with_heldout(with_scaling(load_preset(args.preset, args.set or ()), args.workers, args.gpu),
+                          args.heldout_sequences)
+    out = args.out or f"outputs/quickstart-{preset.name}"
+    outcome = run_study(preset, out, quickstart_arms(preset), [args.seed], name="quickstart",
+                        ray_address=args.address)
+    _print_study(outcome, f"quickstart ({preset.name} preset, seed {args.seed}): {_scored_on(preset)}")
+    return 0
+
+
+def cmd_ablations(args: argparse.Namespace) -> int:
+    """CompressTracker, its ablations (experiments/ablations/*.yaml) and the baselines over several seeds."""
+    from pathlib import Path
+
+    from ct_ray.orchestration.study import run_study
+    from ct_ray.studies.design import ablation_arms, load_preset, with_heldout, with_scaling
+
+    preset = with_heldout(with_scaling(load_preset(args.preset, args.set or ()), args.workers, args.gpu),
+                          args.heldout_sequences)
+    if args.no_ablations and args.ablation:
+        raise ValueError("--no-ablations and --ablation contradict each other")
+    files = [] if args.no_ablations else args.ablation or sorted(Path(args.ablations_dir).glob("*.yaml"))
+    if not files and not args.no_ablations:
+        raise ValueError(f"no ablation configs: {args.ablations_dir} holds no *.yaml (or pass --ablation FILE)")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = args.out or f"outputs/quickstart-{preset.name}"
+    arms = ablation_arms(preset, files, baselines=not args.no_baselines)
+    outcome = run_study(preset, out, arms, seeds, name="ablations", ray_address=args.address)
+    _print_study(outcome, f"ablations ({preset.name} preset, seeds {args.seeds}; mean ± standard deviation over "
+                          f"seeds): {_scored_on(preset)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Draw the tracked box on every frame of a video or a sequence folder and write an mp4."""
+    from ct_ray.tracking.demo import render_demo, render_sequence_demo, video_frames
+
+    model = load_model(args)
+    box = [float(v) for v in args.init_box.split(",")] if args.init_box else None
+    if box is not None and len(box) != 4:
+        raise ValueError(f"--init-box must be x,y,w,h, got {args.init_box!r}")
+    if args.video:
+        if box is None:
+            raise ValueError("--video needs --init-box x,y,w,h (the target on the first frame)")
+        info = render_demo(model, video_frames(args.video), box, args.out, args.fps, device=device(args.device))
+    else:
+        info = render_sequence_demo(model, args.sequence, args.out, box, args.fps, device=device(args.device))
+    print(f"wrote {info['frames']} frames to {info['out']}")
+    return 0
+
+

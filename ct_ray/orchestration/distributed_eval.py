@@ -1,0 +1,60 @@
+"""Evaluation in parallel Ray tasks: one sequence per task, the model's weights shared through the object store."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+import torch
+from tqdm.auto import tqdm
+
+from ct_ray.data.sequences import Sequence
+from ct_ray.evaluation.results import read_results, result_complete, write_results
+from ct_ray.evaluation.sequence import track_sequence
+from ct_ray.models.one_stream import OneStreamTracker, TrackerConfig
+
+
+@ray.remote
+def _track_task(config: dict, state: dict, sequence: Sequence, use_gpu: bool, threads: int
+                ) -> tuple[str, np.ndarray, np.ndarray]:
+    torch.set_num_threads(threads)
+    model = OneStreamTracker(TrackerConfig.from_dict(config))
+    model.load_state_dict(state)
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    boxes, times = track_sequence(model, sequence, device)
+    return sequence.name, boxes, times
+
+
+def evaluate_sequences(model: OneStreamTracker, sequences: Iterable[Sequence], results_dir: str | Path | None = None,
+                       use_gpu: bool = False, cpus_per_task: float = 1.0, threads_per_task: int = 1,
+                       progress: bool = True, description: str = "tracking") -> dict[str, np.ndarray]:
+    """Tracks every sequence in its own Ray task and returns ``{name: boxes}``. With ``results_dir`` the results
+    are written in the pytracking layout (``<seq>.txt``, ``<seq>_time.txt``) and sequences whose result file is
+    already complete are read back instead of tracked again."""
+    sequences = list(sequences)
+    results: dict[str, np.ndarray] = {}
+    todo = []
+    for sequence in sequences:
+        if results_dir is not None and result_complete(results_dir, sequence.name, len(sequence)):
+            results[sequence.name] = read_results(Path(results_dir) / f"{sequence.name}.txt", len(sequence))
+        else:
+            todo.append(sequence)
+    if todo:
+        config = ray.put(model.config.to_dict())
+        state = ray.put({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        # Outside any placement group: called from a training worker, the tasks must not be captured by its bundle.
+        options = {"num_cpus": cpus_per_task, "num_gpus": 1 if use_gpu else 0,
+                   "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None)}
+        pending = [_track_task.options(**options).remote(config, state, s, use_gpu, threads_per_task) for s in todo]
+        with tqdm(total=len(sequences), initial=len(results), desc=description, unit="seq",
+                  disable=not progress) as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                name, boxes, times = ray.get(done[0])
+                if results_dir is not None:
+                    write_results(results_dir, name, boxes, times)
+                results[name] = boxes
+                bar.update(1)
+    return {s.name: results[s.name] for s in sequences}

@@ -1,0 +1,218 @@
+"""MLflow bookkeeping shared by training, evaluation, tuning and studies: store resolution, reachability, runs, tags.
+
+One MLflow run per piece of work (a training run, a study, a search): ``TrackedRun`` creates it once and records its
+id beside the work; running the work again reopens that run instead of starting a second one. Rank 0 of a training
+run logs its per-epoch metrics into the run by id, and the id also travels in every checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import urllib.error
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+from ct_ray.errors import UserError
+from ct_ray.fileio import Location
+
+PARAM_VALUE_LIMIT = 6000
+
+
+class MlflowUnavailableError(UserError, ConnectionError):
+    """The tracking store cannot be reached; raised before any training starts."""
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """The config's URI, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db`` (absolute, so Ray
+    workers whose working directory differs reach the same store)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            relative = uri[len("sqlite:///"):]
+            return f"sqlite:///{Path(relative).resolve()}"
+        return uri
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fails fast, with a message that says so, when the tracking store cannot be used."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+                if response.status != 200:
+                    raise MlflowUnavailableError(f"MLflow tracking server {uri} answered {response.status}")
+        except (urllib.error.URLError, OSError) as exc:
+            raise MlflowUnavailableError(f"MLflow tracking server {uri} cannot be reached: {exc}. Start it (e.g. "
+                                         "`mlflow server --host 127.0.0.1 --port 5000`) or set mlflow.tracking_uri "
+                                         "/ MLFLOW_TRACKING_URI to a reachable store") from None
+        return
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise MlflowUnavailableError(f"MLflow store {uri}: folder {folder} does not exist or is not writable")
+
+
+def client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str) -> str:
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if not uri.startswith(("http://", "https://", "databricks")):
+        location = (Path.cwd() / "mlartifacts" / name).resolve().as_uri()
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        found = mlflow_client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def _chunks(items: list, size: int = 100) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, Any],
+              parent_run_id: str | None = None) -> str:
+    mlflow_client = client(uri)
+    all_tags = {k: str(v) for k, v in tags.items()}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = mlflow_client.create_run(experiment_id(uri, experiment), run_name=run_name, tags=all_tags)
+    param_list = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()]
+    for chunk in _chunks(param_list):
+        mlflow_client.log_batch(run.info.run_id, params=chunk)
+    return run.info.run_id
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """Marks a run RUNNING again (a resumed training run continues its MLflow run)."""
+    client(uri).update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+
+
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    import time
+
+    now = int(time.time() * 1000)
+    values = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+    for chunk in _chunks(values, 500):
+        client(uri).log_batch(run_id, metrics=chunk)
+
+
+def set_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
+    client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    client(uri).log_artifact(run_id, str(path), artifact_path)
+
+
+def end_run(uri: str, run_id: str, failed: bool = False) -> None:
+    client(uri).set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """The commit of the ct-ray checkout in use (or ``CT_RAY_GIT_COMMIT``, e.g. for jobs whose upload has no .git)."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    commit = out.stdout.strip() if out.returncode == 0 else ""
+    return commit or os.environ.get("CT_RAY_GIT_COMMIT", "unknown")
+
+
+def environment_tags() -> dict[str, str]:
+    """Git commit, package versions and hardware, so that a result can be reproduced."""
+    import torch
+
+    tags = {"git_commit": git_commit(), "python": platform.python_version(), "platform": platform.platform(),
+            "cpu_count": str(os.cpu_count()),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
+    for package in ("torch", "timm", "ray", "mlflow", "numpy", "opencv-python-headless", "ct-ray"):
+        try:
+            tags[f"version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return tags
+
+
+def run_exists(uri: str, run_id: str | None) -> bool:
+    """Whether the store holds the (not deleted) run ``run_id``."""
+    if not run_id:
+        return False
+    try:
+        run = client(uri).get_run(run_id)
+    except Exception:  # noqa: BLE001  (MLflow raises its own exception types for an unknown id)
+        return False
+    return run.info.lifecycle_stage == "active"
+
+
+def read_record(location: str | os.PathLike | Location) -> dict:
+    """A run record (JSON) at a local path or URI; ``{}`` when it is missing or unreadable."""
+    record = Location.of(location)
+    if not record.is_file():
+        return {}
+    try:
+        data = json.loads(record.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class TrackedRun:
+    """The one MLflow run of a piece of work, tied to a record file beside that work.
+
+    ``TrackedRun.open(...)`` reopens the run named in the record (status RUNNING again) when this store still
+    holds it, else creates one with the given params and tags; either way the record
+    (``{"mlflow_run_id", "mlflow_uri", ...}``) is written atomically. Used as a context manager the run ends
+    FINISHED, or FAILED when the block raises (Ctrl-C included).
+    """
+
+    def __init__(self, uri: str, run_id: str, record: Location, created: bool) -> None:
+        self.uri, self.run_id, self.record, self.created = uri, run_id, record, created
+
+    @classmethod
+    def open(cls, uri: str, record: str | os.PathLike | Location, experiment: str, name: str,
+             params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
+             parent_run_id: str | None = None, extra: Mapping[str, Any] | None = None) -> "TrackedRun":
+        location = Location.of(record)
+        previous = read_record(location)
+        run_id = previous.get("mlflow_run_id") if previous.get("mlflow_uri") in (None, uri) else None
+        created = not run_exists(uri, run_id)
+        if created:
+            run_id = start_run(uri, experiment, name, params or {}, tags or {}, parent_run_id=parent_run_id)
+        else:
+            reopen_run(uri, run_id)
+        location.write_text(json.dumps({**previous, **(extra or {}), "mlflow_run_id": run_id, "mlflow_uri": uri},
+                                       indent=2) + "\n")
+        return cls(uri, run_id, location, created)
+
+    def finish(self) -> None:
+        end_run(self.uri, self.run_id)
+
+    def fail(self) -> None:
+        end_run(self.uri, self.run_id, failed=True)
+
+    def __enter__(self) -> "TrackedRun":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            self.fail()

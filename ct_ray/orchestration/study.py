@@ -1,0 +1,272 @@
+"""``ct-ray quickstart`` and ``ct-ray ablations``: whole studies on the synthetic benchmark, from data to one table.
+
+A study trains (or reuses) a teacher, trains a set of *arms* (CompressTracker, the paper's baselines, ablations of
+CompressTracker), each for one or more seeds, evaluates every tracker on the held-out test sequences of the
+benchmark and prints one table: AUC, precision, normalised precision, tracking FPS, speed-up and AUC retention
+against the teacher, FLOPs ratio, and each arm's AUC difference to the first arm (CompressTracker), paired over seeds
+and test sequences, with a 95% bootstrap interval over the sequences (``paired_difference``).
+
+The design (presets, arms, ablations) is ``ct_ray.studies.design``; the statistics and tables are plain numpy in
+``ct_ray.studies.paired_stats`` and ``ct_ray.studies.tables``. This module is the driver.
+
+Every run is an ordinary ``ct-ray train`` run (Ray Train, MLflow) nested under one MLflow parent run per study;
+every evaluation an ordinary ``ct-ray eval`` (its scores land in the run of the checkpoint, prefix ``test``). Trackers
+are the *final* checkpoints: validation during training scores the test sequences for monitoring only, so choosing
+the "best" checkpoint by it would select on the test set. A study run again in the same folder reuses finished
+runs and evaluations and continues an interrupted training run.
+
+Speed is measured apart from the evaluation, which tracks several sequences at once (one Ray task each) and may
+reuse results timed under other load: after the evaluations, every tracker's whole tracking step (crop, forward,
+decode, map back; batch 1) is timed one tracker at a time in a Ray task of one CPU (one thread) or one GPU
+(``measure_speed``, the same measurement as ``ct-ray profile --threads 1``), so the FPS and speed-up columns of one
+table come from the same conditions.
+
+``evaluation.heldout_sequences`` (``--heldout-sequences N``) scores the same trackers on N further sequences that
+the study generates like its benchmark but from another seed (``data/heldout-N``; no run trained or validated on
+them), so that a comparison rests on more than the benchmark's few test sequences. Their results go to
+``results-heldout-N/`` and the study's files and MLflow run get the suffix ``_heldout-N``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ct_ray.config import ConfigError, flatten, from_dict, read_yaml, to_dict
+from ct_ray.fileio import atomic_write_text
+from ct_ray.orchestration import mlflow_runs
+from ct_ray.studies.design import TEACHER_FILE, Arm, StudyPreset, rebase
+from ct_ray.studies.paired_stats import Row, TrackerResult, summarise
+from ct_ray.studies.tables import format_markdown, format_table, row_metrics
+from ct_ray.training.experiment import ExperimentConfig, check_experiment
+
+
+# ------------------------------------------------------------------------------------------------------------ study
+@dataclass
+class StudyOutcome:
+    out: Path
+    rows: list[Row]
+    results: list[TrackerResult]
+    table: str
+    files: dict[str, Path]
+    mlflow_uri: str | None
+    mlflow_run_id: str | None
+
+
+_REUSE_IGNORED = ("scaling.", "mlflow.")
+
+
+def check_reusable(config: ExperimentConfig, run_dir: Path) -> None:
+    """Refuses to reuse or continue the run in ``run_dir`` if it was made with another config than ``config``
+    (hardware and MLflow settings aside), naming the keys that differ: a study folder holds one study."""
+    from ct_ray.orchestration.train_launcher import CONFIG_FILE
+
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return
+    stored = flatten(to_dict(from_dict(ExperimentConfig, read_yaml(path))))
+    current = flatten(to_dict(config))
+    differ = sorted(key for key in set(stored) | set(current)
+                    if not key.startswith(_REUSE_IGNORED) and stored.get(key) != current.get(key))
+    if differ:
+        shown = ", ".join(f"{k} ({stored.get(k)!r} there, {current.get(k)!r} now)" for k in differ[:4])
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        raise ConfigError(f"{run_dir} was trained with another config: {shown}{more}. A study folder holds one "
+                          "study: pass another --out, or remove that run")
+
+
+def _train(config: ExperimentConfig, parent: str | None, ray_address: str | None, say: Callable[[str], None]
+           ) -> tuple[str, float | None]:
+    """Trains ``config`` unless its final tracker is already there; returns (final tracker, training seconds)."""
+    from ct_ray.orchestration.train_launcher import FINAL_TRACKER, train
+
+    final = Path(config.run.storage_path) / config.run.name / FINAL_TRACKER
+    if final.is_file():
+        say(f"  {config.run.name}: finished earlier, reusing {final}")
+        return str(final), None
+    say(f"  training {config.run.name} ({config.kind.value}, {config.run.epochs} epochs)")
+    start = time.monotonic()
+    outcome = train(config, ray_address=ray_address, parent_run_id=parent)
+    seconds = time.monotonic() - start
+    say(f"  {config.run.name}: done in {seconds / 60:.1f} min")
+    return outcome.final_tracker, seconds
+
+
+@dataclass(frozen=True)
+class ScoringSet:
+    """Where a study scores its trackers: a dataset and split, the results folder and the MLflow metric prefix."""
+
+    dataset: str
+    split: str
+    results: Path
+    prefix: str
+
+
+def scoring_set(preset: StudyPreset, out: Path) -> ScoringSet:
+    """The study's test set (see the module docstring); generates the held-out sequences if they are missing."""
+    evaluation, benchmark = preset.evaluation, rebase(preset.teacher, out).data.val_dataset
+    count = evaluation.heldout_sequences
+    if not count:
+        return ScoringSet(benchmark, evaluation.split, out / "results", "test")
+    from ct_ray.data.synth import generate_benchmark
+
+    synth = preset.teacher.data.synth
+    root = out / "data" / f"heldout-{count}"
+    generate_benchmark(root, sequences=count, frames=synth.frames, seed=synth.seed + 1, preset=synth.preset,
+                       frame_size=(synth.height, synth.width), test_fraction=0.0, progress=True)
+    return ScoringSet(f"synthetic:{root}", "all", out / f"results-heldout-{count}", f"heldout_{count}")
+
+
+def _evaluate(label: str, seed: int | None, run_name: str, checkpoint: str, tests: ScoringSet,
+              preset: StudyPreset, uri: str | None, experiment: str, say: Callable[[str], None],
+              train_s: float | None) -> TrackerResult:
+    from ct_ray.orchestration.evaluate import EvalRequest, evaluate_checkpoint
+
+    evaluation = preset.evaluation
+    request = EvalRequest(checkpoint=checkpoint, dataset=tests.dataset, split=tests.split, name=tests.prefix,
+                          out=str(tests.results / run_name), max_sequences=evaluation.max_sequences,
+                          use_gpu=evaluation.use_gpu, mlflow=uri is not None, mlflow_uri=uri, experiment=experiment,
+                          cpus_per_task=evaluation.cpus_per_task, progress=False)
+    outcome = evaluate_checkpoint(request, log=lambda _: None)
+    scores = outcome.report.metrics()
+    result = TrackerResult(label=label, seed=seed, run_name=run_name, checkpoint=checkpoint,
+                           depth=_depth(checkpoint), auc=scores["auc"], precision=scores["precision"],
+                           norm_precision=scores["norm_precision"], tracking_ms=outcome.timing["tracking_ms"],
+                           flops=int(outcome.size["flops"]), params=int(outcome.size["params"]),
+                           mlflow_run_id=outcome.mlflow_run_id, train_s=train_s,
+                           sequence_auc={s.name: s.auc for s in outcome.report.benchmark.sequences})
+    say(f"  {run_name}: {tests.prefix} AUC {result.auc:.1f}, precision {result.precision:.1f}")
+    return result
+
+
+def measure_speed(checkpoint: str, use_gpu: bool = False, iterations: int = 100, warmup: int = 10) -> float:
+    """Median milliseconds of one whole tracking step of ``checkpoint`` at batch 1, in a Ray task of one CPU (torch
+    on one thread) or one GPU; the caller runs one at a time so that no two measurements share the machine."""
+    import ray
+
+    def task(path: str, gpu: bool) -> float:
+        import torch
+
+        from ct_ray.models import load_tracker
+        from ct_ray.tracking.speed import profile_tracker
+
+        torch.set_num_threads(1)
+        model = load_tracker(path)[0]
+        device = "cuda" if gpu else "cpu"
+        return profile_tracker(model, device, iterations=iterations, warmup=warmup).tracking_step_ms
+
+    remote = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(task)
+    return float(ray.get(remote.remote(str(checkpoint), use_gpu)))
+
+
+def _depth(checkpoint: str) -> int:
+    from ct_ray.models import load_tracker
+
+    return len(load_tracker(checkpoint)[0].blocks)
+
+
+def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequence[int], *, name: str,
+              ray_address: str | None = None, say: Callable[[str], None] = print) -> StudyOutcome:
+    """Teacher (trained once, reused), every arm for every seed, every tracker evaluated on the study's test set
+    (``scoring_set``); writes ``<name><suffix>.json`` and ``.md`` into ``out`` and logs them to the study's MLflow
+    run."""
+    from ct_ray.orchestration.cluster import init_ray
+
+    if not seeds:
+        raise ConfigError("seeds: give at least one seed")
+    out = Path(out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    teacher_config = rebase(preset.teacher, out)
+    teacher_path = out / TEACHER_FILE
+    study_teacher = {"kind": "ct-ray", "path": TEACHER_FILE, "bootstrap": None}
+    configs = [(arm, seed, rebase(replace(arm.for_seed(seed), teacher=replace(arm.config.teacher, **study_teacher)),
+                                  out))
+               for arm in arms for seed in seeds]
+    for _, _, config in configs:
+        try:
+            config.student.division(teacher_config.model.depth)
+        except ValueError as exc:
+            raise ConfigError(f"{config.run.name}: student: {exc}") from exc
+    for config in [teacher_config, *[config for _, _, config in configs]]:
+        check_reusable(config, Path(config.run.storage_path) / config.run.name)
+    experiment = preset.compresstracker.mlflow.experiment
+    uri = mlflow_runs.resolve_tracking_uri(preset.compresstracker.mlflow.tracking_uri) \
+        if preset.compresstracker.mlflow.enabled else None
+    if uri:
+        mlflow_runs.check_reachable(uri)
+    init_ray(ray_address)
+    if preset.evaluation.heldout_sequences:
+        name = f"{name}_heldout-{preset.evaluation.heldout_sequences}"
+    parent = None
+    if uri:
+        params = {"preset": preset.name, "out": str(out), "seeds": list(seeds), "arms": [a.label for a in arms],
+                  "heldout_sequences": preset.evaluation.heldout_sequences}
+        parent = mlflow_runs.TrackedRun.open(uri, out / f"{name}_run.json", experiment, name, params,
+                                             {"kind": "study", **mlflow_runs.environment_tags()})
+    parent_id = parent.run_id if parent else None
+    try:
+        say(f"[1/3] teacher: {teacher_config.model.depth} blocks, width {teacher_config.model.embed_dim}, "
+            f"{teacher_config.run.epochs} epochs (data generated on first use)")
+        if teacher_path.is_file():
+            say(f"  reusing {teacher_path}")
+            teacher_ckpt, teacher_s = str(teacher_path), None
+        else:
+            teacher_ckpt, teacher_s = _train(teacher_config, parent_id, ray_address, say)
+            tmp = teacher_path.with_suffix(".pt.tmp")
+            shutil.copyfile(teacher_ckpt, tmp)
+            tmp.replace(teacher_path)
+        for _, _, config in configs:
+            check_experiment(config)
+        say(f"[2/3] students: {len(arms)} arm(s) x {len(seeds)} seed(s), {preset.compresstracker.run.epochs} "
+            "epochs each")
+        trained = [(arm, seed, config, *_train(config, parent_id, ray_address, say))
+                   for arm, seed, config in configs]
+        tests = scoring_set(preset, out)
+        say(f"[3/3] evaluation on the {tests.split} sequences of {tests.dataset}")
+        teacher = _evaluate("teacher", None, teacher_config.run.name, str(teacher_path), tests, preset,
+                            uri, experiment, say, teacher_s)
+        per_arm: dict[str, list[TrackerResult]] = {}
+        for arm, seed, config, checkpoint, seconds in trained:
+            per_arm.setdefault(arm.label, []).append(
+                _evaluate(arm.label, seed, config.run.name, checkpoint, tests, preset, uri, experiment,
+                          say, seconds))
+        results = [teacher, *[r for rs in per_arm.values() for r in rs]]
+        say(f"  timing the tracking step of {len(results)} trackers, one at a time")
+        for result in results:
+            result.tracking_ms = measure_speed(result.checkpoint, preset.evaluation.use_gpu)
+            if uri and result.mlflow_run_id:
+                mlflow_runs.log_metrics(uri, result.mlflow_run_id, {"tracking_step_ms": result.tracking_ms,
+                                                                    "tracking_step_fps": 1000.0 / result.tracking_ms},
+                                        step=0)
+        rows = summarise(teacher, per_arm)
+        table = format_table(rows)
+        files = _write_outputs(out, name, preset, rows, results)
+        if parent is not None:
+            for path in files.values():
+                mlflow_runs.log_artifact(uri, parent_id, path)
+            mlflow_runs.log_metrics(uri, parent_id, row_metrics(rows), step=0)
+    except BaseException:
+        if parent is not None:
+            parent.fail()
+        raise
+    if parent is not None:
+        parent.finish()
+    return StudyOutcome(out=out, rows=rows, results=results, table=table, files=files, mlflow_uri=uri,
+                        mlflow_run_id=parent_id)
+
+
+def _write_outputs(out: Path, name: str, preset: StudyPreset, rows: list[Row], results: list[TrackerResult]
+                   ) -> dict[str, Path]:
+    summary = {"study": name, "preset": preset.name, "preset_config": to_dict(preset),
+               "rows": [r.to_dict() for r in rows], "trackers": [dataclasses.asdict(r) for r in results],
+               "environment": mlflow_runs.environment_tags()}
+    json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    atomic_write_text(json_path, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(md_path, format_markdown(rows) + "\n")
+    return {"json": json_path, "markdown": md_path}
+
+

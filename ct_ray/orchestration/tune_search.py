@@ -1,0 +1,256 @@
+"""``ct-ray tune``: a Ray Tune search whose trials are training runs of one teacher, with ASHA early stopping.
+
+Each trial is a small driver function (0.01 CPU) that runs ``ct_ray.orchestration.train_launcher.train`` for its values; its
+workers reserve ``tune.cpus_per_worker`` CPUs. Trials report to Tune only when they validated (the ASHA metric is the
+validation AUC). The search has a parent MLflow run; every trial's training run is nested under it. After the search
+the student of every trial is timed (tracking-loop FPS on this machine), and the parent run receives the
+speed-accuracy Pareto table and chart and the best config per student depth, ready for ``ct-ray train``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from ct_ray.orchestration import mlflow_runs
+from ct_ray.config import flatten, to_dict
+from ct_ray.models import load_tracker
+from ct_ray.training.search_space import SearchConfig, grid_points, parse_space, total_trials, trial_config
+
+log = logging.getLogger("ct_ray.search")
+SPEC_KEY = "__ct_ray_search__"
+
+
+class ValidatedReport(TuneReportCallback):
+    """Forwards a training report to Tune only when it carries the search metric (a validation epoch)."""
+
+    def __init__(self, metric: str) -> None:
+        super().__init__()
+        self._metric = metric
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if metrics and self._metric in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
+
+
+def _trial(trial_values: dict[str, Any]) -> None:
+    from ct_ray.config import from_dict
+    from ct_ray.orchestration.train_launcher import train
+
+    spec = trial_values[SPEC_KEY]
+    os.chdir(spec["cwd"])  # Tune starts trials in their own folders; the configs' relative paths are the driver's
+    search = from_dict(SearchConfig, spec["search"])
+    values = {k: v for k, v in trial_values.items() if k != SPEC_KEY}
+    config = trial_config(search, values)
+    trial_id = tune.get_context().get_trial_id()
+    config = replace(config,
+                     run=replace(config.run, name=f"trial-{trial_id}", storage_path=spec["trials_path"]),
+                     scaling=replace(config.scaling, cpus_per_worker=search.tune.cpus_per_worker),
+                     mlflow=replace(config.mlflow, tracking_uri=spec["mlflow_uri"] or config.mlflow.tracking_uri,
+                                    experiment=search.mlflow.experiment, enabled=spec["mlflow_uri"] is not None))
+    train(config, callbacks=[ValidatedReport(search.tune.metric)], parent_run_id=spec["parent_run_id"])
+
+
+def _param_space(search: SearchConfig, spec: dict) -> dict[str, Any]:
+    dimensions = parse_space(search.search)
+    points = grid_points(dimensions)
+    space: dict[str, Any] = {SPEC_KEY: spec}
+    grid_keys = sorted({k for p in points for k in p})
+    if grid_keys:
+        space["__grid__"] = tune.grid_search(points)
+    for dimension in dimensions:
+        if dimension.distribution == "uniform":
+            space[dimension.key] = tune.uniform(*dimension.bounds)
+        elif dimension.distribution == "loguniform":
+            space[dimension.key] = tune.loguniform(*dimension.bounds)
+    return space
+
+
+def _flatten_grid(trial_values: dict[str, Any]) -> dict[str, Any]:
+    grid = trial_values.pop("__grid__", {}) or {}
+    return {**trial_values, **grid}
+
+
+def _grid_trial(trial_values: dict[str, Any]) -> None:
+    _trial(_flatten_grid(dict(trial_values)))
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    values: dict[str, Any]
+    depth: int
+    division: list[int]
+    auc: float | None
+    fps: float | None
+    tracker: str | None
+    pareto: bool = False
+
+
+def _tracker_of(trials_path: Path, trial_id: str) -> Path | None:
+    folder = trials_path / f"trial-{trial_id}"
+    final = folder / "final_tracker.pt"
+    if final.is_file():
+        return final
+    checkpoints = sorted(folder.glob("checkpoint_*/tracker.pt"))
+    return checkpoints[-1] if checkpoints else None
+
+
+def pareto_front(summaries: list[TrialSummary]) -> None:
+    """Marks the trials no other trial beats in both AUC and FPS."""
+    scored = [s for s in summaries if s.auc is not None and s.fps is not None]
+    for s in scored:
+        s.pareto = not any(o is not s and o.auc >= s.auc and o.fps >= s.fps and (o.auc > s.auc or o.fps > s.fps)
+                           for o in scored)
+
+
+def summarise(results, search: SearchConfig, trials_path: Path, profile: bool = True) -> list[TrialSummary]:
+    from ct_ray.tracking.speed import profile_tracker
+
+    summaries = []
+    for result in results:
+        if result.config is None:
+            continue
+        values = _flatten_grid({k: v for k, v in result.config.items() if k != SPEC_KEY})
+        trial_id = result.metrics.get("trial_id") if result.metrics else None
+        trial_id = trial_id or Path(result.path).name.split("_")[-1]
+        frame = result.metrics_dataframe
+        auc = None
+        if frame is not None and search.tune.metric in frame:
+            column = frame[search.tune.metric].dropna()
+            if len(column):
+                auc = float(column.max() if search.tune.mode == "max" else column.min())
+        tracker_path = _tracker_of(trials_path, trial_id)
+        fps, depth, division = None, 0, []
+        if tracker_path is not None:
+            model, meta = load_tracker(tracker_path)
+            depth, division = len(model.blocks), list(meta.get("teacher_stages", []))
+            if profile:
+                fps = profile_tracker(model, iterations=search.tune.profile_iterations, warmup=3).tracking_fps
+        summaries.append(TrialSummary(trial_id, values, depth, division, auc, fps,
+                                      str(tracker_path) if tracker_path else None))
+    pareto_front(summaries)
+    return sorted(summaries, key=lambda s: (s.depth, -(s.auc or -1)))
+
+
+def write_report(summaries: list[TrialSummary], search: SearchConfig, folder: Path) -> dict[str, Path]:
+    """Pareto table (CSV), chart (PNG) and the best config per depth (YAML) into ``folder``."""
+    from ct_ray.evaluation.plots import speed_accuracy_plot
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"table": folder / "pareto.csv"}
+    keys = sorted({k for s in summaries for k in s.values})
+    with files["table"].open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["trial", "depth", "division", *keys, "val_auc", "tracking_fps", "pareto"])
+        for s in summaries:
+            writer.writerow([s.trial_id, s.depth, json.dumps(s.division), *(json.dumps(s.values.get(k)) for k in keys),
+                             "" if s.auc is None else f"{s.auc:.2f}", "" if s.fps is None else f"{s.fps:.1f}",
+                             int(s.pareto)])
+    points = {f"{s.trial_id} (d{s.depth}){' *' if s.pareto else ''}": (s.fps, s.auc)
+              for s in summaries if s.auc is not None and s.fps is not None}
+    if points:
+        files["chart"] = speed_accuracy_plot(points, folder / "pareto.png",
+                                             title="Speed against accuracy (* Pareto front)")
+    for depth in sorted({s.depth for s in summaries if s.auc is not None}):
+        best = max((s for s in summaries if s.depth == depth and s.auc is not None), key=lambda s: s.auc)
+        config = trial_config(search, best.values)
+        config = replace(config, run=replace(config.run, name=f"{search.tune.name}-best-depth{depth}"))
+        path = folder / f"best_depth{depth}.yaml"
+        path.write_text(f"# Best trial of depth {depth} in search {search.tune.name}: {best.trial_id}, "
+                        f"validation AUC {best.auc:.2f}\n" + yaml.safe_dump(to_dict(config), sort_keys=False))
+        files[f"best_depth{depth}"] = path
+    return files
+
+
+def format_table(summaries: list[TrialSummary]) -> str:
+    lines = [f"{'trial':<12}{'depth':>6}  {'division':<16}{'val AUC':>9}{'FPS':>9}  pareto"]
+    for s in summaries:
+        auc = "" if s.auc is None else f"{s.auc:.2f}"
+        fps = "" if s.fps is None else f"{s.fps:.1f}"
+        lines.append(f"{s.trial_id:<12}{s.depth:>6}  {json.dumps(s.division):<16}{auc:>9}{fps:>9}  "
+                     f"{'*' if s.pareto else ''}")
+    return "\n".join(lines)
+
+
+def run_search(search: SearchConfig, resume: bool = False, ray_address: str | None = None,
+               progress: bool = True, tune_callbacks: list | None = None) -> tuple[list[TrialSummary], dict[str, Any]]:
+    """Runs (or with ``resume`` continues) the search; returns the trial summaries and the report's files."""
+    from ct_ray.orchestration.cluster import init_ray
+    from ct_ray.orchestration.train_launcher import bootstrap_teacher, prepare_data
+
+    storage = Path(search.tune.storage_path).resolve()
+    search_dir = storage / search.tune.name
+    trials_path = search_dir / "trials"
+    uri = mlflow_runs.resolve_tracking_uri(search.mlflow.tracking_uri) if search.mlflow.enabled else None
+    if uri:
+        mlflow_runs.check_reachable(uri)
+    init_ray(ray_address)
+    search_dir.mkdir(parents=True, exist_ok=True)
+    parent = None
+    if uri:
+        parent = mlflow_runs.TrackedRun.open(
+            uri, search_dir / "ct_ray_search.json", search.mlflow.experiment, search.tune.name,
+            flatten({"search": search.search, "tune": to_dict(search.tune)}),
+            {"kind": "search", "base_config": search.base, "trials": total_trials(search),
+             **mlflow_runs.environment_tags()})
+    base = trial_config(search, {}).absolute()
+    # Shared inputs are made once here, not by concurrent trials: a missing teacher, missing synthetic data.
+    bootstrap_teacher(base)
+    prepare_data(base)
+    spec = {"search": to_dict(search), "trials_path": str(trials_path), "cwd": str(Path.cwd()), "mlflow_uri": uri,
+            "parent_run_id": parent.run_id if parent else None, "base_storage": base.run.storage_path}
+    function = tune.with_resources(_grid_trial, {"cpu": 0.01})
+    if resume and tune.Tuner.can_restore(str(search_dir)):
+        tuner = tune.Tuner.restore(str(search_dir), trainable=function, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        if resume:
+            raise FileNotFoundError(f"--resume: no search to continue at {search_dir}")
+        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=search.tune.grace_period,
+                                  reduction_factor=search.tune.reduction_factor,
+                                  max_t=max(1, base.run.epochs // base.run.validate_every + 1))
+        tuner = tune.Tuner(
+            function,
+            param_space=_param_space(search, spec),
+            tune_config=tune.TuneConfig(metric=search.tune.metric, mode=search.tune.mode, scheduler=scheduler,
+                                        num_samples=search.tune.num_samples,
+                                        max_concurrent_trials=search.tune.max_concurrent_trials),
+            run_config=tune.RunConfig(name=search.tune.name, storage_path=str(storage),
+                                      callbacks=tune_callbacks,
+                                      verbose=1 if progress else 0),
+        )
+    try:
+        grid = tuner.fit()
+        summaries = summarise(grid, search, trials_path)
+        files = write_report(summaries, search, search_dir / "report")
+        if parent is not None:
+            for path in files.values():
+                mlflow_runs.log_artifact(uri, parent.run_id, path, "search")
+            _close_nested_runs(uri, parent.run_id)
+    except BaseException:
+        if parent is not None:
+            parent.fail()
+        raise
+    if parent is not None:
+        parent.finish()
+    return summaries, {k: str(v) for k, v in files.items()}
+
+
+def _close_nested_runs(uri: str, parent: str) -> None:
+    """Trials that ASHA stopped never closed their MLflow runs: mark them KILLED."""
+    client = mlflow_runs.client(uri)
+    experiment_id = client.get_run(parent).info.experiment_id
+    for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'"):
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+
