@@ -9,3 +9,11 @@ from __future__ import annotations
 
 class UserError(Exception):
     """An error in what the user gave ct-ray; its message says what is wrong and what to do."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named does not exist; the message names it."""
+
+
+class InputError(UserError, ValueError):
+    """A value the user gave (a flag, a box, a list of seeds, a split) that cannot be used; the message names it."""

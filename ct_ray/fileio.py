@@ -26,7 +26,7 @@ class StorageError(UserError, OSError):
     """A storage location that cannot be reached, listed, read or written; the message names it."""
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -49,7 +49,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.chmod(tmp_path, 0o666 & ~umask())
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -221,3 +221,81 @@ class Location:
 
     def __str__(self) -> str:
         return self.uri
+
+
+def cache_root() -> Path:
+    """Where URIs are fetched to on this node: ``CT_RAY_CACHE``, else ``~/.cache/ct-ray``."""
+    return Path(os.environ.get("CT_RAY_CACHE", Path.home() / ".cache" / "ct-ray"))
+
+
+def _cache_path(uri: str) -> Path:
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    name = uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "root"
+    return cache_root() / "fetched" / f"{digest}-{name}"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    import fcntl
+
+    mkdirs(path.parent)
+    with open(f"{path}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fetch_file(source: Location, target: Path) -> dict:
+    """One file, downloaded atomically and checked: its size against the store's, and its SHA-256 against a
+    ``<file>.sha256`` beside it in the store when there is one."""
+    size = source.size()
+    source.download(target)
+    if target.stat().st_size != size:
+        target.unlink(missing_ok=True)
+        raise StorageError(f"{source}: downloaded {target.stat().st_size} bytes, the store has {size}")
+    digest = file_sha256(target)
+    sidecar = Location.of(source.uri.replace(source.path, source.path + ".sha256", 1)) if not source.is_local \
+        else Location.of(source.path + ".sha256")
+    if sidecar.is_file():
+        expected = sidecar.read_text().split()[0].strip()
+        if expected != digest:
+            target.unlink(missing_ok=True)
+            raise StorageError(f"{source}: checksum {digest[:12]}... does not match {sidecar.name} "
+                               f"({expected[:12]}...)")
+    return {"size": size, "sha256": digest}
+
+
+def fetch(uri: str) -> Path:
+    """A local copy of a file or a folder given as a store URI (a teacher checkpoint, a dataset), fetched once per
+    node into ``cache_root()`` and verified (sizes; SHA-256 where the store holds ``.sha256`` files); later calls,
+    from any process on the node, reuse it. A local path is returned as it is."""
+    import json
+
+    if not is_uri(uri):
+        return Path(uri)
+    source = Location.of(uri)
+    target = _cache_path(uri)
+    marker = Path(f"{target}.fetched.json")
+    with _locked(target):
+        if marker.is_file():
+            return target
+        if source.is_file():
+            record = {"uri": uri, "files": {source.name: _fetch_file(source, target)}}
+        elif source.is_dir():
+            try:
+                infos = source.fs.get_file_info(pafs.FileSelector(source.path, recursive=True))
+            except OSError as exc:
+                raise StorageError(f"{uri}: cannot be listed: {exc}") from None
+            files = {}
+            for info in infos:
+                if info.type != pafs.FileType.File or info.path.endswith(".sha256"):
+                    continue
+                relative = info.path[len(source.path):].lstrip("/")
+                files[relative] = _fetch_file(source.child(relative), target / relative)
+            record = {"uri": uri, "files": files}
+        else:
+            raise StorageError(f"{uri}: no such file or folder in the store")
+        atomic_write_text(marker, json.dumps(record, indent=1))
+    return target

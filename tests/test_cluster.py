@@ -5,7 +5,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from ct_ray.orchestration.cluster import LOCAL_RAY_ENV
 from ct_ray.models import OneStreamTracker, save_tracker
 from helpers import TINY_TRACKER, write_lasot_tree
+from s3server import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -36,7 +36,7 @@ def test_cluster_yaml_is_valid_for_the_ray_launcher():
     validate(config)
     head = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head and "mlflow server" in head and "0.0.0.0" not in head
-    assert any("pip install -e" in c for c in config["setup_commands"])
+    assert any("pip install --quiet -e" in c for c in config["setup_commands"])
     assert {"head", "gpu_worker"} <= set(config["available_node_types"])
     broken = copy.deepcopy(config)
     broken["available_node_types"]["gpu_worker"]["max_wokers"] = 2
@@ -44,16 +44,36 @@ def test_cluster_yaml_is_valid_for_the_ray_launcher():
         validate(broken)
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports: every socket stays bound until all are chosen."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+def test_cluster_yaml_names_only_what_exists():
+    """Every project file, extra, variable and version that cluster.yaml (commands and comments) names is real."""
+    import re
+    import tomllib
+
+    text = (REPO / "cluster.yaml").read_text()
+    config = yaml.safe_load(text)
+    for path in sorted(set(re.findall(r"(?:experiments|tests|scripts|docs)/[\w./-]+\.(?:yaml|py|md)", text))):
+        assert (REPO / path).is_file(), path
+    for local in config["file_mounts"].values():
+        local = local.removeprefix("./")
+        assert (REPO / local).exists() or (REPO / f"{local}.example").is_file(), local
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    extras = set(pyproject["project"]["optional-dependencies"])
+    for group in re.findall(r"ct-ray\[([\w,]+)\]", text):
+        assert set(group.split(",")) <= extras, group
+    pinned = next(d for d in pyproject["project"]["dependencies"] if d.startswith("ray["))
+    version = pinned.split("==")[1]
+    assert config["docker"]["image"].startswith(f"rayproject/ray:{version}-py311")
+    assert config["docker"]["head_image"] == f"rayproject/ray:{version}-py311"
+    assert f"ray.__version__ == '{version}'" in " ".join(config["setup_commands"])
+    example = (REPO / "cluster.env.example").read_text()
+    commands = " ".join(config["head_start_ray_commands"])
+    for variable in set(re.findall(r"\$(CT_RAY_\w+)", commands)):
+        assert re.search(rf"^{variable}=", example, re.M), variable
+    assert "cluster.env" in (REPO / ".gitignore").read_text().split()
+    assert config["available_node_types"]["head"]["resources"]["CPU"] == 0  # no training tasks on the head
+    assert all("IamInstanceProfile" in t["node_config"] for t in config["available_node_types"].values())
+    mlflow_line = next(c for c in config["head_start_ray_commands"] if "mlflow server" in c)
+    assert "--host \"$(hostname -I" in mlflow_line and "$CT_RAY_STORAGE/mlartifacts" in mlflow_line
 
 
 @pytest.fixture
@@ -150,12 +170,114 @@ def test_ray_job_submit_runs_a_training_job(local_head, tmp_path):
     assert "val_auc" in runs[0].data.metrics
 
 
-def test_two_nodes_spread_workers(tmp_path):
-    env = {**os.environ, **LOCAL_RAY_ENV, "PYTHONPATH": str(REPO / "tests")}  # the script imports tests/helpers.py
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 with a SQLite backend store and its artifacts in the S3 server; stopped and
+    started again on the same port and store (an outage), always by its own pid."""
+
+    def __init__(self, folder: Path, s3_endpoint: str) -> None:
+        self.folder, self.port = folder, free_ports(1)[0]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": f"http://{s3_endpoint}"}
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.folder / "mlflow-server.log", "ab")
+        self.process = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+             "--artifacts-destination", "s3://ctray/mlartifacts/cluster", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1"], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        import urllib.request
+
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError((self.folder / "mlflow-server.log").read_text()[-2000:])
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=15)
+
+
+def test_cluster_path_two_nodes_s3_killed_worker_and_mlflow_outage(s3_server, tmp_path):
+    """tests/scripts/cluster_path.py on two local nodes with everything durable in s3:// and MLflow on a server:
+    a worker killed mid-epoch resumes from the S3 checkpoint to the uninterrupted run's weights, a 30 s MLflow
+    outage loses no metric, a Tune trial keeps its state under the storage root."""
+    import pyarrow.fs as pafs
+    from s3server import ACCESS_KEY, SECRET_KEY
+
+    pafs.S3FileSystem(access_key=ACCESS_KEY, secret_key=SECRET_KEY, endpoint_override=s3_server.endpoint,
+                      scheme="http", region="us-east-1", allow_bucket_creation=True).create_dir("ctray/mlartifacts")
+    server = MlflowServer(tmp_path, s3_server.endpoint)
+    server.start()
+    try:
+        _run_cluster_path(server, s3_server, tmp_path)
+    finally:
+        server.stop()
+
+
+def _run_cluster_path(server: "MlflowServer", s3_server, tmp_path: Path) -> None:
+    import pyarrow.fs as pafs
+    from s3server import ACCESS_KEY, SECRET_KEY
+
+    env = {**os.environ, **LOCAL_RAY_ENV, "PYTHONPATH": str(REPO / "tests"), "CT_RAY_TEST_S3": s3_server.endpoint,
+           "MLFLOW_TRACKING_URI": server.uri}
     env.pop("RAY_ADDRESS", None)
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "two_node_train.py"), str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["cluster_nodes"] == 2 and result["workers"] == 2
-    assert len(result["nodes"]) == 2 and result["epoch"] == 2
+    log = tmp_path / "cluster_path.log"
+    with log.open("w") as err:
+        script = subprocess.Popen([sys.executable, str(REPO / "tests" / "scripts" / "cluster_path.py"),
+                                   str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+                                  start_new_session=True)
+    outage = tmp_path / "outage"
+    down_for = None
+    try:
+        deadline = time.time() + 600
+        while script.poll() is None and time.time() < deadline and not outage.exists():
+            time.sleep(0.2)
+        if outage.exists():  # the script killed a worker and asks for the outage: 30 s without MLflow
+            server.stop()
+            stopped = time.time()
+            time.sleep(30)
+            server.start()
+            down_for = time.time() - stopped
+        try:
+            stdout, _ = script.communicate(timeout=max(60.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            stdout = ""
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGKILL)
+            script.wait(timeout=30)
+    assert script.returncode == 0, log.read_text()[-4000:]
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["cluster_nodes"] == 2 and len(result["nodes"]) == 2  # the workers spread over both nodes
+    assert result["killed"].get("killed_pid") and down_for is not None and down_for >= 30
+    assert result["difference"] == 0.0  # resumed from the S3 checkpoint: the uninterrupted run's weights
+    assert result["final"].startswith("s3://ctray/cluster/runs/killed/final_tracker.pt")
+    assert any(name.endswith("-teacher.pt") for name in result["fetched"])  # fetched once, by content hash
+    assert result["trials"] == 1 and any(name.startswith("search") or "experiment_state" in name
+                                         or name.endswith(".json") for name in result["tune_files"])
+    client = MlflowClient(server.uri)
+    for run_id in (result["reference_run"], result["killed_run"]):
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        # Every epoch's metrics arrived, the outage's included, each once per epoch it was trained.
+        steps = sorted({m.step for m in client.get_metric_history(run_id, "loss_total")})
+        assert steps == [1, 2, 3, 4], steps
+        assert [m.step for m in client.get_metric_history(run_id, "val_auc")] == [4]
+        artifacts = {a.path for a in client.list_artifacts(run_id)}
+        assert {"checkpoints", "config.yaml", "tracker"} <= artifacts
+    # The artifacts went through the server into the S3 store.
+    s3 = pafs.S3FileSystem(access_key=ACCESS_KEY, secret_key=SECRET_KEY, endpoint_override=s3_server.endpoint,
+                           scheme="http", region="us-east-1")
+    stored = s3.get_file_info(pafs.FileSelector("ctray/mlartifacts/cluster", recursive=True))
+    assert any(info.path.endswith("final_tracker.pt") for info in stored)

@@ -117,7 +117,10 @@ class ForeignSettings:
 
 
 def _foreign_module():
-    module = types.ModuleType("lib_train_admin_settings_for_test")
+    name = "lib.train.admin.settings_for_test"  # OSTrack's training objects live under its package ``lib``
+    for depth in range(1, name.count(".") + 1):
+        sys.modules.setdefault(name.rsplit(".", name.count(".") - depth + 1)[0], types.ModuleType("parent"))
+    module = types.ModuleType(name)
     ForeignSettings.__module__ = module.__name__
     module.ForeignSettings = ForeignSettings
     sys.modules[module.__name__] = module

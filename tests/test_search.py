@@ -40,7 +40,7 @@ def search_workspace(tmp_path_factory, ray_session):
     base = {"kind": "compresstracker", "teacher": {"path": str(root / "teacher.pt")},
             "data": {"shards": str(root / "shards"), "val_dataset": f"lasot:{lasot}", "val_split": "test",
                      "batch_size": 8, "shuffle_buffer": 0},
-            "run": {"epochs": 2, "validate_every": 2, "storage_path": str(root / "runs")}}
+            "run": {"epochs": 1, "validate_every": 1, "storage_path": str(root / "runs")}}
     (root / "base.yaml").write_text(yaml.safe_dump(base))
     return root
 
@@ -48,7 +48,7 @@ def search_workspace(tmp_path_factory, ray_session):
 def search_config(root: Path) -> SearchConfig:
     return from_dict(SearchConfig, {
         "base": str(root / "base.yaml"),
-        "search": {"student.num_stages": [1, 2], "schedule.initial_p": [0.3, 0.7]},
+        "search": {"student.num_stages": [1, 2]},
         "tune": {"name": "s", "storage_path": str(root / "tune"), "max_concurrent_trials": 1},
         "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "search"},
     })
@@ -69,7 +69,8 @@ def test_invalid_space_rejected_before_the_search(search_workspace):
 
 
 def test_search_interrupted_after_first_trial_resumes(search_workspace, ray_session):
-    """`ct-ray tune` is interrupted (SIGINT) once its first trial has finished; `--resume` finishes the rest."""
+    """`ct-ray tune` is interrupted (SIGINT) once its first of two trials has finished; `--resume` finishes the
+    other and trains none twice."""
     from ct_ray.orchestration.tune_search import run_search
 
     search = search_config(search_workspace)
@@ -99,23 +100,23 @@ def test_search_interrupted_after_first_trial_resumes(search_workspace, ray_sess
     experiment = client.get_experiment_by_name("search").experiment_id
     finished_before = [r for r in client.search_runs([experiment])
                        if r.info.run_name.startswith("trial-") and r.info.status == "FINISHED"]
-    assert 1 <= len(finished_before) < 4
+    assert len(finished_before) == 1
 
     summaries, files = run_search(search, resume=True, progress=False)
     runs = client.search_runs([experiment])
     parents = [r for r in runs if r.data.tags.get("kind") == "search"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(nested) == 4 and len({r.info.run_name for r in nested}) == 4
+    assert len(nested) == 2 and len({r.info.run_name for r in nested}) == 2
     assert sum(r.info.run_name == first[0].info.run_name for r in nested) == 1
-    # The first trial trained its 2 epochs once: a repeat would log its epochs again.
-    assert [m.step for m in client.get_metric_history(first[0].info.run_id, "loss_total")] == [1, 2]
+    # The first trial trained its epoch once: a repeat would log it again.
+    assert [m.step for m in client.get_metric_history(first[0].info.run_id, "loss_total")] == [1]
     assert {r.data.tags["student_depth"] for r in nested} == {"1", "2"}
-    assert len(summaries) == 4 and {s.depth for s in summaries} == {1, 2}
+    assert len(summaries) == 2 and {s.depth for s in summaries} == {1, 2}
     assert all(s.auc is not None and s.fps and s.fps > 0 for s in summaries)
     assert any(s.pareto for s in summaries)
     table = Path(files["table"]).read_text().splitlines()
-    assert len(table) == 5 and table[0].startswith("trial,depth,division")
+    assert len(table) == 3 and table[0].startswith("trial,depth,division")
     best = yaml.safe_load(Path(files["best_depth2"]).read_text())
     assert best["student"]["num_stages"] == 2 and best["kind"] == "compresstracker"
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "search")}

@@ -206,13 +206,6 @@ def test_presets_differ_measurably():
         assert (ann.distractor_visible_pixels[:, same] > 0).any(axis=1).all()
 
 
-def test_generation_speed():
-    import time
-    start = time.perf_counter()
-    render_sequence(0, "hard", 25, (H, W))
-    assert time.perf_counter() - start < 2.0  # 100 frames take about 0.5 s on one core
-
-
 # ------------------------------------------------------------------------------------------------- bad parameters
 @pytest.mark.parametrize("kwargs, match", [
     ({"sequences": 0}, "sequences"),

@@ -19,7 +19,14 @@ CHECKPOINT_KINDS = ("ct-ray", "ostrack", "vit")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every option's default in its help."""
+    """Shows an option's default in its help, unless the help says it already, or there is none to show (a
+    required option, a flag that is off, an option whose default is decided elsewhere)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.required or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
 
 
 def _parser(subparsers, name: str, func, **kwargs) -> argparse.ArgumentParser:
@@ -42,6 +49,13 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, json_flag: bool = 
 def _address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="Ray cluster address (default: RAY_ADDRESS, else a local instance on 127.0.0.1)")
+    add_verbose(parser)
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's own output (workers, Ray Train, warnings) live, not only in the "
+                             "log file whose path the command prints")
 
 
 def _add_study_options(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +82,7 @@ def _model_commands(subparsers) -> None:
     profile.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     profile.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     profile.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    eval_commands.add_runtime_arguments(profile, repeat=True)
 
     demo = _parser(subparsers, "demo", commands.cmd_demo)
     add_checkpoint_arguments(demo, json_flag=False)
@@ -175,12 +190,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError, ValueError)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, PermissionError, IsADirectoryError,
+                                                NotADirectoryError)
+"""What the boundary reports as one line: ct-ray's own user-facing errors and the OS errors that name a path."""
+
+
+def _ray_log_hint(command: str) -> None:
+    """On a failure after Ray started: where Ray's output is, and its last lines."""
+    from ct_ray.orchestration import console
+
+    path = console.log_path()
+    if path is None or not console.ray_attached():
+        return
+    lines = console.tail(12)
+    print(f"ct-ray {command}: Ray's output is in {path}" + ("; its last lines:" if lines else ""), file=sys.stderr)
+    for line in lines:
+        print(f"  {line}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs the parsed command inside the one error boundary (see the module docstring)."""
+    from ct_ray.orchestration import console
+
     command = args.command if getattr(args, "command", None) != "data" else f"data {args.data_command}"
+    console.configure(verbose=bool(getattr(args, "verbose", False)))
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -188,8 +221,14 @@ def run(args: argparse.Namespace) -> int:
               "results); run the same command again to continue.", file=sys.stderr)
         return 130
     except USER_ERRORS as exc:
-        print(f"ct-ray {command}: error: {exc}", file=sys.stderr)
+        # An error raised in a Ray task arrives as a RayTaskError that is also the cause's class; print the cause.
+        cause = getattr(exc, "cause", None)
+        print(f"ct-ray {command}: error: {cause if isinstance(cause, USER_ERRORS) else exc}", file=sys.stderr)
+        _ray_log_hint(command)
         return 2
+    except BaseException:
+        _ray_log_hint(command)
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,54 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+from pathlib import Path
+from typing import Iterator
+
+from ct_ray.errors import InputError, UserError
+
+
+@contextlib.contextmanager
+def flag_errors(command: str) -> Iterator[None]:
+    """Values built from a command's flags that the core rejects (``ValueError``) are the user's to fix."""
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def parse_box(text: str, flag: str) -> list[float]:
+    """``x,y,w,h`` pixels: four finite numbers, a positive width and height; errors name the flag."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 4:
+        raise InputError(f"{flag} must be x,y,w,h (four numbers), got {text!r}")
+    values = []
+    for part in parts:
+        try:
+            value = float(part)
+        except ValueError:
+            raise InputError(f"{flag}: {part!r} is not a number (expected x,y,w,h, got {text!r})") from None
+        if not math.isfinite(value):
+            raise InputError(f"{flag}: {part!r} is not a finite number")
+        values.append(value)
+    if values[2] <= 0 or values[3] <= 0:
+        raise InputError(f"{flag}: the box needs a positive width and height, got {text!r}")
+    return values
+
+
+def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
+    """Comma-separated non-negative integers; errors name the flag."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"{flag} must be comma-separated integers such as 0,1,2, got {text!r}") from None
+    if not seeds or any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise InputError(f"{flag} must name distinct non-negative integers, got {text!r}")
+    return seeds
 
 
 def load_model(args: argparse.Namespace):
@@ -37,26 +84,35 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    """Network-only and whole-tracking-step latency and FPS at batch 1."""
+    """Network-only and whole-tracking-step latency and FPS at batch 1, per runtime."""
     import torch
 
+    from ct_ray.cli.eval_commands import runtime_spec
+    from ct_ray.tracking.runtimes import prepare_runtime
     from ct_ray.tracking.speed import profile_tracker
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args)
     dtype = torch.bfloat16 if args.bf16 else None
-    result = profile_tracker(model, device(args.device), iterations=args.iterations, warmup=args.warmup,
-                             autocast_dtype=dtype)
+    # Every runtime is prepared (installed? graphs fit?) before the first is timed.
+    prepared = [prepare_runtime(model, runtime_spec(args, name), graphs=args.graphs if name == "onnxruntime" else None)
+                for name in dict.fromkeys(args.runtime or ["torch"])]
+    results = [profile_tracker(model, device(args.device), iterations=args.iterations, warmup=args.warmup,
+                               autocast_dtype=dtype, runtime=runtime) for runtime in prepared]
+    first = results[0]
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps(first.to_dict() if len(results) == 1 else {"runtimes": [r.to_dict() for r in results]}))
         return 0
-    print(f"device {result.device}, {result.threads} threads, {result.dtype}, torch {result.torch_version}, batch 1")
-    print(f"parameters        {result.params / 1e6:.2f} M")
-    print(f"FLOPs / forward   {result.flops / 1e9:.2f} G")
-    print(f"network only      {result.forward_ms:.2f} ms  ({result.forward_fps:.1f} FPS)  <- what papers report")
-    print(f"tracking step     {result.tracking_step_ms:.2f} ms  ({result.tracking_fps:.1f} FPS)  "
-          "(crop + copy + forward + window + decode)")
+    print(f"device {first.device}, {first.threads} threads, batch 1, {args.iterations} timed iterations after "
+          f"{args.warmup} warm-up; {first.libraries if len(results) == 1 else results[-1].libraries}")
+    print(f"parameters {first.params / 1e6:.2f} M, FLOPs / forward {first.flops / 1e9:.2f} G; PyTorch eager "
+          f"forward (template + search, what papers report) {first.forward_ms:.2f} ms ({first.forward_fps:.1f} FPS)")
+    print(f"{'runtime':<24}{'dtype':<24}{'network ms':>11}{'step ms':>10}{'step FPS':>10}{'vs eager fwd':>13}")
+    for result in results:
+        print(f"{result.runtime:<24}{result.dtype:<24}{result.network_ms:>11.2f}{result.tracking_step_ms:>10.2f}"
+              f"{result.tracking_fps:>10.1f}{first.forward_ms / result.tracking_step_ms:>12.2f}x")
+    print("network: the per-frame call on cached template tokens; step: crop + copy + network + window + decode")
     return 0
 
 
@@ -64,9 +120,10 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     """Generate the synthetic tracking benchmark (LaSOT format)."""
     from ct_ray.data.synth import generate_benchmark
 
-    info = generate_benchmark(args.out, sequences=args.sequences, frames=args.frames, seed=args.seed,
-                              preset=args.preset, frame_size=(args.height, args.width),
-                              test_fraction=args.test_fraction, progress=True)
+    with flag_errors("data synth"):
+        info = generate_benchmark(args.out, sequences=args.sequences, frames=args.frames, seed=args.seed,
+                                  preset=args.preset, frame_size=(args.height, args.width),
+                                  test_fraction=args.test_fraction, progress=True)
     print(f"wrote {info['sequences']} sequences x {info['frames']} frames ({args.preset}) to {args.out}")
     return 0
 
@@ -77,20 +134,28 @@ def cmd_data_shards(args: argparse.Namespace) -> int:
     output is a folder or a store URI such as s3://bucket/shards)."""
     from ct_ray.data.pairs import PairSamplingConfig
     from ct_ray.data.samples import JitterConfig
-    from ct_ray.data.shards import ShardPlan, SourceSpec
+    from ct_ray.data.shards import ShardPlan, SourceSpec, index_sources
+    from ct_ray.fileio import Location
+    from ct_ray.orchestration import console
     from ct_ray.orchestration.cluster import init_ray
     from ct_ray.orchestration.data_pipeline import build_shards
 
-    jitter = JitterConfig(center_jitter=args.center_jitter, scale_jitter=args.scale_jitter,
-                          max_scale_change=args.max_scale_change)
-    sampling = PairSamplingConfig(max_gap=args.max_gap, template_factor=args.template_factor,
-                                  template_size=args.template_size, search_factor=args.search_factor,
-                                  search_size=args.search_size, context_factor=args.context_factor, jitter=jitter)
-    plan = ShardPlan(sources=tuple(SourceSpec.parse(s) for s in args.source), pairs_per_epoch=args.pairs_per_epoch,
-                     epochs=args.epochs, pairs_per_shard=args.pairs_per_shard, seed=args.seed, sampling=sampling,
-                     jpeg_quality=args.jpeg_quality)
+    with flag_errors("data shards"):
+        jitter = JitterConfig(center_jitter=args.center_jitter, scale_jitter=args.scale_jitter,
+                              max_scale_change=args.max_scale_change)
+        sampling = PairSamplingConfig(max_gap=args.max_gap, template_factor=args.template_factor,
+                                      template_size=args.template_size, search_factor=args.search_factor,
+                                      search_size=args.search_size, context_factor=args.context_factor,
+                                      jitter=jitter)
+        plan = ShardPlan(sources=tuple(SourceSpec.parse(s) for s in args.source),
+                         pairs_per_epoch=args.pairs_per_epoch, epochs=args.epochs, pairs_per_shard=args.pairs_per_shard,
+                         seed=args.seed, sampling=sampling, jpeg_quality=args.jpeg_quality)
+    indexed = index_sources(plan)  # bad sources and splits are found before Ray starts
+    out = Location.of(args.out)
+    console.log_to(Path(out.path) / "_ray.log" if out.is_local else Path.home() / ".cache" / "ct-ray" / "logs"
+                   / "shards.log")
     init_ray(args.address)
-    manifest = build_shards(plan, args.out, progress=True)
+    manifest = build_shards(plan, args.out, progress=True, indexed=indexed)
     skipped = manifest.get("skipped_frames", {})
     print(f"{manifest['total_rows']} pairs in {len(manifest['shards'])} shards at {args.out}"
           + (f"; skipped {sum(skipped.values())} frame draws whose box lies outside its image "
@@ -117,12 +182,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         if args.config or args.overrides:
-            raise ValueError("--resume continues a run with its own config: give no --config or overrides")
+            raise InputError("--resume continues a run with its own config: give no --config or overrides")
         config, config_path = resume_config(args.resume)
     elif args.config:
         config, config_path = load_config(ExperimentConfig, args.config, args.overrides), args.config
     else:
-        raise ValueError("give --config FILE (see experiments/) or --resume RUN_DIR")
+        raise InputError("give --config FILE (see experiments/) or --resume RUN_DIR")
     outcome = train(config, config_path=config_path, resume=bool(args.resume), ray_address=args.address)
     metrics = outcome.metrics
     print(f"run           {outcome.run_dir}")
@@ -197,11 +262,11 @@ def cmd_ablations(args: argparse.Namespace) -> int:
     preset = with_heldout(with_scaling(load_preset(args.preset, args.set or ()), args.workers, args.gpu),
                           args.heldout_sequences)
     if args.no_ablations and args.ablation:
-        raise ValueError("--no-ablations and --ablation contradict each other")
+        raise InputError("--no-ablations and --ablation contradict each other")
     files = [] if args.no_ablations else args.ablation or sorted(Path(args.ablations_dir).glob("*.yaml"))
     if not files and not args.no_ablations:
-        raise ValueError(f"no ablation configs: {args.ablations_dir} holds no *.yaml (or pass --ablation FILE)")
-    seeds = [int(s) for s in args.seeds.split(",")]
+        raise InputError(f"no ablation configs: {args.ablations_dir} holds no *.yaml (or pass --ablation FILE)")
+    seeds = parse_seeds(args.seeds)
     out = args.out or f"outputs/quickstart-{preset.name}"
     arms = ablation_arms(preset, files, baselines=not args.no_baselines)
     outcome = run_study(preset, out, arms, seeds, name="ablations", ray_address=args.address)
@@ -214,13 +279,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Draw the tracked box on every frame of a video or a sequence folder and write an mp4."""
     from ct_ray.tracking.demo import render_demo, render_sequence_demo, video_frames
 
+    box = parse_box(args.init_box, "--init-box") if args.init_box else None
+    if args.video and box is None:
+        raise InputError("--video needs --init-box x,y,w,h (the target on the first frame)")
     model = load_model(args)
-    box = [float(v) for v in args.init_box.split(",")] if args.init_box else None
-    if box is not None and len(box) != 4:
-        raise ValueError(f"--init-box must be x,y,w,h, got {args.init_box!r}")
     if args.video:
-        if box is None:
-            raise ValueError("--video needs --init-box x,y,w,h (the target on the first frame)")
         info = render_demo(model, video_frames(args.video), box, args.out, args.fps, device=device(args.device))
     else:
         info = render_sequence_demo(model, args.sequence, args.out, box, args.fps, device=device(args.device))

@@ -9,6 +9,46 @@ from __future__ import annotations
 import argparse
 import json
 
+from ct_ray.errors import InputError
+
+
+def warn_about_boxes(sequences, command: str) -> None:
+    """Ground-truth boxes outside their frames, one warning line per kind (they count as misses)."""
+    import sys
+
+    from ct_ray.data.checks import box_report
+
+    for line in box_report(sequences).lines():
+        print(f"ct-ray {command}: warning: {line}", file=sys.stderr)
+
+
+RUNTIME_CHOICES = ("torch", "compile", "onnxruntime")
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, repeat: bool = False) -> None:
+    """``--runtime`` (repeatable with ``repeat``), ``--provider``, ``--int8``, ``--graphs``: where the network runs."""
+    if repeat:
+        parser.add_argument("--runtime", action="append", choices=RUNTIME_CHOICES, default=None,
+                            help="network runtime; repeat to profile several side by side (default: torch)")
+    else:
+        parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="torch",
+                            help="network runtime: PyTorch eager, torch.compile, or ONNX Runtime (export extra)")
+    parser.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu",
+                        help="ONNX Runtime execution provider (cuda / tensorrt need onnxruntime-gpu)")
+    parser.add_argument("--int8", action="store_true",
+                        help="ONNX Runtime: dynamic int8 quantisation of the search graph's weights")
+    parser.add_argument("--graphs", default=None,
+                        help="ONNX Runtime: tracking graphs written by 'ct-ray export --tracking-graphs DIR' "
+                             "(default: exported from the checkpoint and cached)")
+
+
+def runtime_spec(args: argparse.Namespace, name: str | None = None):
+    from ct_ray.tracking.runtimes import RuntimeSpec
+
+    name = name or args.runtime
+    onnx = name == "onnxruntime"
+    return RuntimeSpec(name, args.provider if onnx else "cpu", bool(args.int8) and onnx)
+
 
 def _fmt(value, digits: int = 2, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{unit}"
@@ -28,16 +68,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "trackingnet_submission": args.trackingnet_submission, "profile": args.profile, "mlflow": not args.no_mlflow,
         "mlflow_uri": args.mlflow_uri, "experiment": args.experiment, "exclude_invalid": args.exclude_invalid,
         "cpus_per_task": args.cpus_per_task, "threads_per_task": args.threads_per_task,
-        "progress": not args.no_progress})
+        "progress": not args.no_progress, "runtime": args.runtime, "provider": args.provider, "int8": args.int8,
+        "graphs": args.graphs})
     outcome = evaluate_checkpoint(request)
     if outcome.report is not None:
         print(format_score_table(outcome.report))
     timing, size = outcome.timing, outcome.size
     print(f"tracking loop     {_fmt(timing['tracking_ms'], 2, ' ms')} median per frame "
-          f"({_fmt(timing['tracking_fps'], 1)} FPS; {timing['frames']} frames, frame 0 excluded)")
+          f"({_fmt(timing['tracking_fps'], 1)} FPS; {timing['frames']} frames, frame 0 excluded; "
+          f"runtime {outcome.runtime})")
     if "forward_ms" in size:
-        print(f"network only      {size['forward_ms']:.2f} ms ({size['forward_fps']:.1f} FPS, "
-              f"{size['profile_device']})")
+        print(f"network only      {size['forward_ms']:.2f} ms ({size['forward_fps']:.1f} FPS, PyTorch eager; "
+              f"{size['network_ms']:.2f} ms per frame on {outcome.runtime}, {size['profile_device']})")
     print(f"parameters        {size['params'] / 1e6:.2f} M;  FLOPs / forward {size['flops'] / 1e9:.3f} G")
     print(f"results           {outcome.results_dir} ({outcome.tracked} tracked, "
           f"{outcome.sequences - outcome.tracked} kept)")
@@ -53,6 +95,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from ct_ray.evaluation.reports import format_score_table, load_sequences, score_results
 
     kind, split, sequences = load_sequences(args.dataset, args.split, args.max_sequences)
+    warn_about_boxes(sequences, "score")
     report = score_results(args.results, sequences, kind, split, exclude_invalid=args.exclude_invalid)
     if args.json:
         print(json.dumps(report.to_dict()))
@@ -98,18 +141,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         points = speed_accuracy_points(rows)
         if not points:
-            raise ValueError(f"no run of {args.experiment!r} has both tracking_fps and an AUC to plot")
+            raise InputError(f"no run of {args.experiment!r} has both tracking_fps and an AUC to plot")
         print(f"wrote {speed_accuracy_plot(points, args.plot, title=f'{args.experiment}: speed against accuracy')}")
     return 0
 
 
 # ----------------------------------------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
-    """The tracker's network forward as an ONNX graph (needs the export extra), checked with onnxruntime."""
+    """The tracker's network forward as an ONNX graph, and / or the two tracking graphs that ``--runtime
+    onnxruntime`` runs (needs the export extra), checked with onnxruntime."""
     from ct_ray.models import load_checkpoint
-    from ct_ray.tracking.export import check_onnx, export_onnx, onnxruntime_available
+    from ct_ray.tracking.export import check_onnx, export_onnx, export_tracking_graphs, onnxruntime_available
 
+    if not args.onnx and not args.tracking_graphs:
+        raise InputError("nothing to export: pass --onnx FILE and / or --tracking-graphs DIR")
     model, _ = load_checkpoint(args.checkpoint, args.kind, args.num_heads)
+    if args.tracking_graphs:
+        paths = export_tracking_graphs(model, args.tracking_graphs, int8=args.int8, opset=args.opset)
+        print(f"wrote {', '.join(str(p) for p in paths)} (template crop -> template_tokens; template_tokens, search "
+              f"crop -> score_map, size_map, offset_map{'; int8 weights' if args.int8 else ''})")
+        print(f"track with them: ct-ray eval --runtime onnxruntime --graphs {args.tracking_graphs}"
+              f"{' --int8' if args.int8 else ''} ...")
+        if not args.onnx:
+            return 0
     path = export_onnx(model, args.onnx, opset=args.opset)
     print(f"wrote {path} (opset {args.opset}; inputs template, search; outputs pred_boxes, score_map, size_map, "
           "offset_map)")
@@ -168,11 +222,14 @@ def add_commands(subparsers, make_parser, add_checkpoint_arguments) -> None:
                           help="also write the TrackingNet server layout to <out>/trackingnet_submission")
     evaluate.add_argument("--profile", action="store_true",
                           help="also measure network-only latency (forward_ms / forward_fps)")
+    add_runtime_arguments(evaluate)
     evaluate.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow")
     _add_mlflow_uri(evaluate)
     evaluate.add_argument("--experiment", default="ct-ray",
                           help="MLflow experiment of a new run (a checkpoint's own run keeps its own)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.add_argument("--verbose", action="store_true",
+                          help="show Ray's own output live, not only in the log file in the results folder")
 
     score = make_parser(subparsers, "score", cmd_score)
     score.add_argument("--results", required=True, help="results folder (<seq>.txt per sequence)")
@@ -195,7 +252,11 @@ def add_commands(subparsers, make_parser, add_checkpoint_arguments) -> None:
 
     export = make_parser(subparsers, "export", cmd_export)
     add_checkpoint_arguments(export, json_flag=False)
-    export.add_argument("--onnx", required=True, help="output .onnx file")
+    export.add_argument("--onnx", default=None, help="output .onnx file of the whole forward (template, search)")
+    export.add_argument("--tracking-graphs", default=None,
+                        help="folder for template.onnx and search.onnx, the graphs --runtime onnxruntime tracks with")
+    export.add_argument("--int8", action="store_true",
+                        help="with --tracking-graphs: also search_int8.onnx (dynamic int8 weights)")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset")
     export.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest absolute difference allowed between onnxruntime and PyTorch")

@@ -1,8 +1,8 @@
 """Datasets: the ``Sequence`` interface, readers of real formats and of the synthetic benchmark, crop pairs.
 
 Importing this package registers the readers (``lasot``, ``synthetic``, ``got10k``, ``trackingnet``, ``coco``,
-``plain``, ``uav123``), so ``load_dataset("KIND:PATH")`` finds them. The Ray side (shard builds, the Ray Data
-pipeline) is ``ct_ray.orchestration.data_pipeline``; everything else here is plain numpy / OpenCV.
+``plain``, ``uav123``), so ``load_dataset("KIND:PATH")`` finds them. The Ray side (shard builds, the sample
+stream) is ``ct_ray.orchestration.data_pipeline``; everything else here is plain numpy / OpenCV.
 """
 from ct_ray.data import readers  # noqa: F401  (registers the readers)
 from ct_ray.data.sequences import (

@@ -32,36 +32,29 @@ class EpochBatches:
 
     def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
         rng = np.random.default_rng([self.seed, 3, epoch, self.rank])
-        buffer: list[dict[str, np.ndarray]] = []
-        buffered = 0
+        buffer: list[dict[str, np.ndarray]] = []  # one entry per row: views into the chunks that brought them
         exhausted = False
-        emitted = 0
-        while emitted < self.steps:
-            while not exhausted and buffered < self.shuffle_buffer:
+        for emitted in range(self.steps):
+            while not exhausted and len(buffer) < self.shuffle_buffer:
                 chunk = self._next_chunk()
                 if chunk is None:
                     exhausted = True
                     break
                 mine = chunk["epoch"] == epoch
-                if not mine.all():
-                    later = chunk["epoch"] > epoch
-                    if later.any():
-                        self._held = {k: v[later] for k, v in chunk.items()}
-                        exhausted = True
-                    chunk = {k: v[mine] for k, v in chunk.items()}
-                if len(chunk["epoch"]):
-                    buffer.append(chunk)
-                    buffered += len(chunk["epoch"])
-            if buffered < self.batch_size:
+                later = chunk["epoch"] > epoch
+                if later.any():
+                    self._held = {k: v[later] for k, v in chunk.items()}
+                    exhausted = True
+                rows = np.flatnonzero(mine)
+                buffer.extend({k: v[i] for k, v in chunk.items()} for i in rows)
+            if len(buffer) < self.batch_size:
                 raise RuntimeError(f"epoch {epoch}: the samples ran short after {emitted} of {self.steps} steps "
                                    f"(rank {self.rank}): too many rows were dropped; see data_dropped_rows")
-            pool = {k: np.concatenate([c[k] for c in buffer]) for k in buffer[0]}
-            pick = rng.choice(buffered, size=self.batch_size, replace=False)
-            keep = np.ones(buffered, dtype=bool)
-            keep[pick] = False
-            yield {k: v[pick] for k, v in pool.items()}
-            buffer, buffered = [{k: v[keep] for k, v in pool.items()}], int(keep.sum())
-            emitted += 1
+            pick = rng.choice(len(buffer), size=self.batch_size, replace=False)
+            yield {k: np.stack([buffer[i][k] for i in pick]) for k in buffer[0]}
+            for i in sorted(pick.tolist(), reverse=True):  # remove the picked rows: the last row fills each gap
+                buffer[i] = buffer[-1]
+                buffer.pop()
         while self._held is None:  # pass over the rest of this epoch (its spare rows)
             chunk = next(self._source, None)
             if chunk is None:

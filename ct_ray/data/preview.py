@@ -18,6 +18,7 @@ from ct_ray.data.batching import EpochBatches
 from ct_ray.data.samples import JitterConfig, sample_pairs
 from ct_ray.data.shards import read_manifest, shard_files, shard_sampling
 from ct_ray.data.sources import ShardSource
+from ct_ray.errors import InputError
 from ct_ray.fileio import atomic_path
 
 
@@ -64,7 +65,7 @@ def preview_samples(out: str | Path, epoch: int = 1, count: int = 16, shards: st
     """Writes ``out.png`` (template | search with its box, per sample) and ``out.npz`` (``template``, ``search``,
     ``search_box``, ``pair_index``) for the first ``count`` samples of rank 0 in ``epoch``."""
     if epoch < 1 or count < 1:
-        raise ValueError(f"--epoch must be >= 1 and --count >= 1, got {epoch} and {count}")
+        raise InputError(f"--epoch must be >= 1 and --count >= 1, got {epoch} and {count}")
     if config is not None:
         from ct_ray.config import load_config
         from ct_ray.training.experiment import ExperimentConfig

@@ -258,7 +258,7 @@ def _subdirectories(directory: Path) -> list[Path]:
 def _check_split(dataset: str, split: str | None, allowed: Iterable[str | None]) -> None:
     allowed = tuple(allowed)
     if split not in allowed:
-        raise ValueError(f"{dataset}: unknown split {split!r}; expected one of {list(allowed)}")
+        raise DatasetFormatError(f"{dataset}: unknown split {split!r}; expected one of {list(allowed)}")
 
 
 # ----------------------------------------------------------------------------------------------------------- LaSOT
@@ -448,7 +448,7 @@ def _trackingnet_chunks(root: Path, split: str) -> list[str]:
         chunks = [part.strip() for part in split.split(",") if part.strip()]
         bad = [chunk for chunk in chunks if not _TRACKINGNET_CHUNK.fullmatch(chunk)]
         if bad or not chunks:
-            raise ValueError(f"trackingnet: unknown split {split!r}; expected 'train', 'test' or chunk names "
+            raise DatasetFormatError(f"trackingnet: unknown split {split!r}; expected 'train', 'test' or chunk names "
                              f"such as 'TRAIN_3' or 'TRAIN_0,TRAIN_1'")
     for chunk in chunks:
         if not (root / chunk).is_dir():
@@ -494,7 +494,7 @@ def read_trackingnet(root: Path, split: str | None = None) -> DatasetIndex:
 # ------------------------------------------------------------------------------------------------------------ COCO
 def _coco_tag(split: str) -> str:
     if not re.fullmatch(r"[A-Za-z]+(\d{4})?", split):
-        raise ValueError(f"coco: unknown split {split!r}; expected 'train', 'val' or a full name like 'train2017'")
+        raise DatasetFormatError(f"coco: unknown split {split!r}; expected 'train', 'val' or a full name like 'train2017'")
     return split if split[-4:].isdigit() else f"{split}2017"
 
 
@@ -579,7 +579,7 @@ def read_plain(root: Path, split: str | None = None) -> DatasetIndex:
                        if (d / "groundtruth.txt").is_file() or (d / "img").is_dir()}
     else:
         if not re.fullmatch(r"[\w.-]+", split):
-            raise ValueError(f"plain: split {split!r} must name a list file root/<split>.txt")
+            raise DatasetFormatError(f"plain: split {split!r} must name a list file root/<split>.txt")
         list_file = root / f"{split}.txt"
         directories = {}
         for number, name in _read_name_list(list_file):

@@ -15,11 +15,15 @@ import cv2
 import numpy as np
 
 from ct_ray.boxes import is_valid_xywh
-from ct_ray.errors import UserError
+from ct_ray.errors import MissingFileError, UserError
 
 
 class DatasetFormatError(UserError, ValueError):
     """A dataset file that is missing or malformed; the message names the file (and line)."""
+
+
+class MissingDataError(MissingFileError, DatasetFormatError):
+    """A dataset root, annotation file or frame that does not exist."""
 
 
 class FrameReadError(UserError, OSError):
@@ -97,12 +101,17 @@ def register_dataset(name: str) -> Callable[[DatasetReader], DatasetReader]:
 
 
 def parse_dataset_spec(spec: str) -> tuple[str, Path]:
-    """``"lasot:/data/LaSOT"`` -> ("lasot", Path("/data/LaSOT"))."""
+    """``"lasot:/data/LaSOT"`` -> ("lasot", Path("/data/LaSOT")); a root given as a store URI
+    (``lasot:s3://bucket/LaSOT``) is fetched once per node into the local cache (``ct_ray.fileio.fetch``)."""
     kind, sep, path = spec.partition(":")
+    if sep and "://" in path and kind in DATASETS:
+        from ct_ray.fileio import fetch
+
+        return kind, fetch(path)
     if not sep or not path:
-        raise ValueError(f"dataset spec {spec!r} must be KIND:PATH with KIND one of {sorted(DATASETS)}")
+        raise DatasetFormatError(f"dataset spec {spec!r} must be KIND:PATH with KIND one of {sorted(DATASETS)}")
     if kind not in DATASETS:
-        raise ValueError(f"unknown dataset kind {kind!r} in {spec!r}; known: {sorted(DATASETS)}")
+        raise DatasetFormatError(f"unknown dataset kind {kind!r} in {spec!r}; known: {sorted(DATASETS)}")
     return kind, Path(path)
 
 
@@ -110,5 +119,5 @@ def load_dataset(spec: str, split: str | None = None) -> DatasetIndex:
     """Reads the dataset named by ``KIND:PATH``."""
     kind, root = parse_dataset_spec(spec)
     if not root.exists():
-        raise DatasetFormatError(f"{kind} dataset root not found: {root}")
+        raise MissingDataError(f"{kind} dataset root not found: {root}")
     return DATASETS[kind](root, split=split)

@@ -66,7 +66,8 @@ class SourceSpec:
 
     @classmethod
     def parse(cls, text: str) -> "SourceSpec":
-        """``lasot:/data/LaSOT``, optionally ``@split`` and ``*ratio``: ``got10k:/data/GOT-10k@train*2``."""
+        """``lasot:/data/LaSOT``, optionally ``@split`` (``@all``: every sequence) and ``*ratio``:
+        ``got10k:/data/GOT-10k@train*2``."""
         body, ratio = text, 1.0
         if "*" in body:
             body, _, ratio_text = body.rpartition("*")
@@ -77,6 +78,8 @@ class SourceSpec:
         split = None
         if "@" in body:
             body, _, split = body.rpartition("@")
+        if split == "all":  # every sequence, as --split all means for eval and score
+            split = None
         return cls(body, split or None, ratio)
 
 
@@ -128,6 +131,23 @@ class ShardPlan:
             "sampling": self.sampling.to_dict(),
             "jpeg_quality": self.jpeg_quality,
         }
+
+
+def index_sources(plan: ShardPlan) -> tuple[list[DatasetIndex], list[dict]]:
+    """Every source's dataset index (read once per build, then shared with the build tasks) and its counts; a source
+    without a usable sequence is an error naming it."""
+    from ct_ray.data.sequences import load_dataset
+    from ct_ray.errors import InputError
+
+    indices, counts = [], []
+    for source in plan.sources:
+        index = load_dataset(source.spec, split=source.split)
+        if not index.sequences:
+            raise InputError(f"source {source.spec}: no usable sequence ({len(index.skipped)} skipped)")
+        indices.append(index)
+        counts.append({"spec": source.spec, "split": source.split, "sequences": len(index.sequences),
+                       "skipped": len(index.skipped)})
+    return indices, counts
 
 
 def pair_sampler(plan: ShardPlan, indices: Seq[DatasetIndex]) -> PairSampler:

@@ -1,7 +1,7 @@
 """Where a training run's samples come from, as plain Python: built shards or the synthetic stream.
 
 Both give the same thing: for (epoch, rank, world size) a list of *work items*, and for an item its rows
-(``ct_ray.data.samples``' input); ``ct_ray.orchestration.data_pipeline`` runs the items as Ray Data tasks. The items
+(``ct_ray.data.samples``' input); ``ct_ray.orchestration.data_pipeline`` runs the items as Ray tasks. The items
 of an epoch are a pure function of the run's seed and the epoch, so a run resumed at epoch ``e`` reads exactly what
 an uninterrupted run reads there, without decoding anything it skips.
 
@@ -28,7 +28,7 @@ from ct_ray.data.stream import StreamConfig, stream_pairs
 from ct_ray.fileio import Location
 
 ITEM_ROWS = 64
-"""Rows per work item at most (one Ray Data task's output block stays a few tens of MB)."""
+"""Rows per work item at most (one sampling task's output stays a few tens of MB)."""
 
 
 def spare_rows(rows: int) -> int:

@@ -47,7 +47,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from ct_ray.fileio import atomic_write_text
+from ct_ray.fileio import atomic_write_text, umask
 
 __all__ = [
     "CLASSES",
@@ -948,6 +948,7 @@ def write_rendered(out: Path, name: str, rendered: tuple[Iterator[np.ndarray], "
     cls = renderer.scene.target.cls
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}-", dir=out))
     try:
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; the sequence folder gets the usual mode
         img = tmp / "img"
         img.mkdir()
         params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]

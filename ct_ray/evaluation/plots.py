@@ -74,3 +74,22 @@ def benchmark_plots(scores: Mapping[str, BenchmarkScore], folder: str | Path, st
     precision = precision_plot({label: (PRECISION_THRESHOLDS, s.precision_curve, s.precision)
                                 for label, s in scores.items()}, folder / f"{stem}precision.png")
     return success, precision
+
+
+def training_curves_plot(histories: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], path: str | Path,
+                         title: str = "Training") -> Path:
+    """The training loss (left) and the validation AUC (right) per epoch of several runs:
+    ``{run: {"loss_total": [(epoch, value)], "val_auc": [(epoch, value)]}}``."""
+    figure, (loss_axis, auc_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, metrics in histories.items():
+        for axis, name in ((loss_axis, "loss_total"), (auc_axis, "val_auc")):
+            points = sorted(metrics.get(name, []))
+            if points:
+                axis.plot([p[0] for p in points], [p[1] for p in points], marker="." if name == "val_auc" else None,
+                          label=label)
+    loss_axis.set(xlabel="epoch", ylabel="training loss (total)", title=f"{title}: loss")
+    auc_axis.set(xlabel="epoch", ylabel="validation AUC [%]", title=f"{title}: validation")
+    for axis in (loss_axis, auc_axis):
+        axis.grid(alpha=0.3)
+    auc_axis.legend(fontsize=7)
+    return _save(figure, path)

@@ -20,6 +20,8 @@ import numpy as np
 from ct_ray.data.sequences import Sequence
 from ct_ray.evaluation.metrics import BenchmarkScore, got10k_scores, score_benchmark, trackingnet_scores
 from ct_ray.evaluation.results import load_results_dir, time_path
+from ct_ray.errors import InputError, MissingFileError
+from ct_ray.evaluation.results import ResultsFormatError
 from ct_ray.fileio import atomic_write_text, file_sha256
 
 # ``--split`` when none is given: the benchmark split of each dataset kind; ``None`` (every sequence) otherwise.
@@ -48,10 +50,10 @@ def load_sequences(spec: str, split: str | None = None, max_sequences: int | Non
     sequences = list(load_dataset(spec, split).sequences)
     if max_sequences is not None:
         if max_sequences < 1:
-            raise ValueError(f"--max-sequences must be at least 1, got {max_sequences}")
+            raise InputError(f"--max-sequences must be at least 1, got {max_sequences}")
         sequences = sequences[:max_sequences]
     if not sequences:
-        raise ValueError(f"{spec} (split {split}): no sequences")
+        raise InputError(f"{spec} (split {split}): no sequences")
     return kind, split, sequences
 
 
@@ -64,7 +66,7 @@ def read_times(path: str | Path) -> np.ndarray:
     """A ``<seq>_time.txt`` file (seconds per frame, one per line) as a float array."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"time file not found: {path}")
+        raise MissingFileError(f"time file not found: {path}")
     values = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -72,7 +74,7 @@ def read_times(path: str | Path) -> np.ndarray:
         try:
             values.append(float(line))
         except ValueError:
-            raise ValueError(f"{path}: line {number}: not a number: {line!r}") from None
+            raise ResultsFormatError(f"{path}: line {number}: not a number: {line!r}") from None
     return np.asarray(values, dtype=np.float64)
 
 
@@ -137,7 +139,7 @@ def score_results(results_dir: str | Path, sequences: list[Sequence], kind: str,
     GOT-10k and ``trackingnet_scores`` for TrackingNet). A malformed file raises ``ResultsFormatError`` naming the
     file and line; a split with first-frame-only ground truth a ``ValueError``."""
     if first_frame_only(sequences):
-        raise ValueError(f"{kind} split {split!r} has ground truth for the first frame only: it cannot be scored "
+        raise InputError(f"{kind} split {split!r} has ground truth for the first frame only: it cannot be scored "
                          "locally (submit the server layout: ct-ray eval --got10k-submission / "
                          "--trackingnet-submission)")
     results = load_results_dir(results_dir, [s.name for s in sequences], {s.name: len(s) for s in sequences})
@@ -207,9 +209,10 @@ def metric_prefix(name: str | None, split: str | None, kind: str) -> str:
     return _METRIC_NAME.sub("_", name or split or kind)
 
 
-def claim_results_dir(results_dir: Path, checkpoint: str | Path, spec: str, split: str | None) -> None:
-    """Records which checkpoint the results in ``results_dir`` come from, and refuses to resume (skip complete
-    sequences) from results of another checkpoint."""
+def claim_results_dir(results_dir: Path, checkpoint: str | Path, spec: str, split: str | None,
+                      runtime: str = "torch") -> None:
+    """Records which checkpoint (and runtime) the results in ``results_dir`` come from, and refuses to resume (skip
+    complete sequences) from results of another checkpoint or runtime."""
     results_dir.mkdir(parents=True, exist_ok=True)
     checksum = file_sha256(checkpoint)
     manifest = results_dir / EVAL_MANIFEST
@@ -219,10 +222,14 @@ def claim_results_dir(results_dir: Path, checkpoint: str | Path, spec: str, spli
         except json.JSONDecodeError:
             previous = {}
         if previous.get("checkpoint_sha256") not in (None, checksum):
-            raise ValueError(f"{results_dir} holds results of another checkpoint ({previous.get('checkpoint')}); "
+            raise InputError(f"{results_dir} holds results of another checkpoint ({previous.get('checkpoint')}); "
                              "pass another --out (or --name), or remove that folder")
+        if previous.get("runtime", "torch") != runtime:
+            raise InputError(f"{results_dir} holds results tracked with runtime {previous.get('runtime', 'torch')!r},"
+                             f" not {runtime!r}; pass another --out (or --name), or remove that folder")
     atomic_write_text(manifest, json.dumps({"checkpoint": str(Path(checkpoint).resolve()),
-                                            "checkpoint_sha256": checksum, "dataset": spec, "split": split},
+                                            "checkpoint_sha256": checksum, "dataset": spec, "split": split,
+                                            "runtime": runtime},
                                            indent=2) + "\n")
 
 
@@ -234,10 +241,10 @@ def plot_results(results_dirs: list[str | Path], labels: list[str] | None, datas
 
     labels = list(labels or [])
     if labels and len(labels) != len(results_dirs):
-        raise ValueError(f"{len(labels)} --label for {len(results_dirs)} --results: give one per folder or none")
+        raise InputError(f"{len(labels)} --label for {len(results_dirs)} --results: give one per folder or none")
     labels = labels or [Path(d).resolve().name for d in results_dirs]
     if len(set(labels)) != len(labels):
-        raise ValueError(f"labels must differ, got {labels} (pass --label)")
+        raise InputError(f"labels must differ, got {labels} (pass --label)")
     kind, split, sequences = load_sequences(dataset, split, max_sequences)
     scores = {label: score_results(d, sequences, kind, split, exclude_invalid).benchmark
               for label, d in zip(labels, results_dirs)}

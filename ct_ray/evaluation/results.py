@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ct_ray.errors import UserError
+from ct_ray.errors import MissingFileError, UserError
 from ct_ray.fileio import atomic_write_text
 
 __all__ = [
@@ -92,7 +92,7 @@ def read_results(path: str | os.PathLike, expected_frames: int | None = None) ->
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"result file not found: {path}")
+        raise MissingFileError(f"result file not found: {path}")
     text = path.read_text()
     lines = text.rstrip().splitlines() if text.strip() else []
     rows = np.empty((len(lines), 4), dtype=np.float64)
@@ -126,7 +126,7 @@ def load_results_dir(directory: str | os.PathLike, names: Iterable[str],
     missing = [n for n in names if not result_path(directory, n).is_file()]
     if missing:
         more = f" (and {len(missing) - 20} more)" if len(missing) > 20 else ""
-        raise FileNotFoundError(f"{directory}: no result file for {len(missing)} of {len(names)} sequence(s): "
+        raise MissingFileError(f"{directory}: no result file for {len(missing)} of {len(names)} sequence(s): "
                                 f"{missing[:20]}{more}")
     frames = expected_frames or {}
     return {n: read_results(result_path(directory, n), frames.get(n)) for n in names}

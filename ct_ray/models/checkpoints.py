@@ -10,19 +10,19 @@ import inspect
 import math
 import os
 import pickle
+import zipfile
 from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ct_ray.errors import UserError
+from ct_ray.errors import MissingFileError, UserError
 from ct_ray.fileio import atomic_path
 from ct_ray.models.one_stream import OneStreamTracker, TrackerConfig
 
 OSTRACK_UNUSED_KEYS = ("backbone.cls_token", "backbone.pos_embed")
 CHECKPOINT_FORMAT = "ct-ray-tracker/1"
-_TRUSTED_MODULES = ("torch", "numpy", "builtins", "collections", "_codecs", "copyreg")
 
 
 class CheckpointError(UserError, ValueError):
@@ -44,19 +44,47 @@ def _stand_in(qualified_name: str) -> type:
     return type(name, (_StandIn,), {"__module__": module, "__qualname__": name})
 
 
+# Modules whose classes may be pickled beside the weights of a real checkpoint (OSTrack's training settings and
+# stats, easydict configs): they load as inert stand-ins. Any other global (a function such as os.system, a class of
+# any other module) is refused: nothing from the file runs either way.
+_STAND_IN_MODULES = ("lib.", "easydict", "argparse", "ltr.", "pytracking.")
+
+
+def _stand_in_allowed(qualified_name: str) -> bool:
+    module = qualified_name.rpartition(".")[0]
+    return any(module == prefix.rstrip(".") or module.startswith(prefix) for prefix in _STAND_IN_MODULES)
+
+
 def safe_load(path: str | os.PathLike) -> Any:
-    """``torch.load(path, weights_only=True)``; foreign classes pickled in the file load as inert stand-ins."""
+    """``torch.load(path, weights_only=True)``; classes of training objects that tracker checkpoints pickle beside
+    their weights load as inert stand-ins. A missing, empty, truncated or non-torch file, and a file that pickles
+    anything else (code to run), is a ``CheckpointError`` naming the file: nothing from it runs."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
+    unreadable = (EOFError, RuntimeError, KeyError, ValueError, OSError, zipfile.BadZipFile)
+
+    def not_readable(exc: BaseException) -> CheckpointError:
+        detail = str(exc).splitlines()[0][:120] if str(exc) else ""
+        return CheckpointError(f"{path}: not a readable checkpoint ({os.path.getsize(path)} bytes; empty, truncated "
+                               f"or not written by torch.save: {type(exc).__name__}: {detail})")
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
+        pass
+    except unreadable as exc:
+        raise not_readable(exc) from None
+    try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        trusted = [name for name in unsafe if name.split(".", 1)[0] in _TRUSTED_MODULES]
-        if trusted:
-            raise CheckpointError(f"{path}: refuses to load objects that weights_only forbids: {trusted}") from None
-        with torch.serialization.safe_globals([_stand_in(name) for name in unsafe]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+    except unreadable as exc:
+        raise not_readable(exc) from None
+    refused = [name for name in unsafe if not _stand_in_allowed(name)]
+    if refused:
+        raise CheckpointError(f"{path}: refused: the file pickles objects other than tensors and plain data "
+                              f"({', '.join(refused)}); a tracker checkpoint holds weights only, so nothing from it "
+                              "was run") from None
+    with torch.serialization.safe_globals([_stand_in(name) for name in unsafe]):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def ostrack_to_ct_ray(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 from typing import Any, Mapping
 
+from ct_ray.errors import InputError
 from ct_ray.fileio import atomic_write_text
 from ct_ray.orchestration import mlflow_runs
 
@@ -48,7 +49,7 @@ def compare_runs(uri: str, experiment: str, prefix: str = "test") -> list[dict[s
     mlflow_client = mlflow_runs.client(uri)
     found = mlflow_client.get_experiment_by_name(experiment)
     if found is None:
-        raise ValueError(f"no MLflow experiment named {experiment!r} in {uri}")
+        raise InputError(f"no MLflow experiment named {experiment!r} in {uri}")
     runs = _search_runs(uri, found.experiment_id)
     by_id = {run.info.run_id: run for run in runs}
     auc_names, precision_names = [f"{prefix}_auc", "val_auc"], [f"{prefix}_precision", "val_precision"]

@@ -1,9 +1,9 @@
-"""Ray side of the data: parallel shard builds (Ray tasks) and the Ray Data pipeline that feeds each training worker.
+"""Ray side of the data: parallel shard builds (Ray tasks) and the sample stream that feeds each training worker.
 
-Every training worker streams its own samples: one Ray Data dataset of work items (``ct_ray.data.sources``: shard
-row groups or new synthetic sequences), ``map_batches`` tasks that read (or render) an item's rows and draw its
-samples (``ct_ray.data.samples.sample_pairs``: search window, crop, augmentation, seeded by run seed, epoch and pair
-index) on the cluster's CPUs, rows in item order. The worker cuts them into exactly ``steps_per_epoch`` batches per
+Every training worker streams its own samples: its work items (``ct_ray.data.sources``: shard row groups or new
+synthetic sequences) go to a small window of Ray tasks (``SampleStream``) that read (or render) an item's rows and
+draw its samples (``ct_ray.data.samples.sample_pairs``: search window, crop, augmentation, seeded by run seed, epoch
+and pair index) on the cluster's CPUs, rows in item order. The worker cuts them into exactly ``steps_per_epoch`` batches per
 epoch with a seeded shuffle buffer (``EpochBatches``) and normalises on its own device. Everything is a function of
 the seed and the epoch, so two runs of one config see the same batches and a run resumed at epoch ``e`` starts
 reading at epoch ``e`` without decoding what it skips. Rows that training cannot use are dropped in the sampling
@@ -11,11 +11,12 @@ tasks and counted by a small actor (``DropCounter``).
 """
 from __future__ import annotations
 
-import bisect
+import collections
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
+import cv2
 import numpy as np
 import ray
 import torch
@@ -24,18 +25,19 @@ from tqdm.auto import tqdm
 from ct_ray.crop import normalize_crops
 from ct_ray.data.augment import AugmentConfig
 from ct_ray.data.samples import JitterConfig, sample_pairs
-from ct_ray.data.sequences import load_dataset
 from ct_ray.data.shards import (
     BUILD_RECORD,
     ShardPlan,
     build_shard,
     existing_shard_entry,
+    index_sources,
     merge_skipped,
     prepare_output,
     write_manifest,
 )
 from ct_ray.data.batching import EpochBatches
 from ct_ray.data.sources import TrainingSource
+from ct_ray.errors import InputError
 from ct_ray.fileio import Location
 
 
@@ -46,19 +48,13 @@ def _build_shard_task(plan: ShardPlan, shard: int, out: Location, indices) -> tu
     return shard, entry, skipped
 
 
-def build_shards(plan: ShardPlan, out: str | Location, progress: bool = True) -> dict:
+def build_shards(plan: ShardPlan, out: str | Location, progress: bool = True, indexed=None) -> dict:
     """Builds every missing shard in parallel Ray tasks, each writing its own file into ``out`` (a folder or a store
-    URI), then writes ``_manifest.json``. The dataset indices are read once here and shared with the tasks. Shards
-    already complete in ``out`` (right rows and schema, and the recorded checksum on a resume) are kept, so an
-    interrupted build resumes where it stopped."""
-    indices, source_counts = [], []
-    for source in plan.sources:
-        index = load_dataset(source.spec, split=source.split)
-        if not index.sequences:
-            raise ValueError(f"source {source.spec}: no usable sequence ({len(index.skipped)} skipped)")
-        indices.append(index)
-        source_counts.append({"spec": source.spec, "split": source.split, "sequences": len(index.sequences),
-                              "skipped": len(index.skipped)})
+    URI), then writes ``_manifest.json``. The dataset indices are read once (``index_sources``, or ``indexed`` when
+    the caller read them before starting Ray) and shared with the tasks. Shards already complete in ``out`` (right
+    rows and schema, and the recorded checksum on a resume) are kept, so an interrupted build resumes where it
+    stopped."""
+    indices, source_counts = indexed if indexed is not None else index_sources(plan)
     out = Location.of(out)
     previous = _recorded_entries(out)
     out = prepare_output(plan, out)
@@ -136,37 +132,52 @@ class SampleSettings:
     augment: AugmentConfig
 
 
-def _epoch_offsets(source: TrainingSource, first_epoch: int, last_epoch: int, rank: int, world: int,
-                   rows: int) -> list[int]:
-    offsets = [0]
-    for epoch in range(first_epoch, last_epoch + 1):
-        offsets.append(offsets[-1] + len(source.items(epoch, rank, world, rows)))
-    return offsets
+@ray.remote(num_cpus=1)
+def _sample_task(source: TrainingSource, settings: SampleSettings, item: dict, rank: int,
+                 counter=None) -> dict[str, np.ndarray]:
+    """One work item's samples: its rows read (or rendered) and drawn (window, crop, augmentation)."""
+    cv2.setNumThreads(1)  # one core per task (Ray's share); OpenCV's own thread pool would fight training
+    epoch = int(item["epoch"])
+    out, dropped = sample_pairs(source.load(item), settings.seed, epoch, settings.template_size,
+                                settings.search_size, settings.search_factor, settings.jitter, settings.augment)
+    if dropped and counter is not None:
+        counter.add.remote(dict(dropped))
+    out["epoch"] = np.full(len(out["pair_index"]), epoch, dtype=np.int64)
+    return out
 
 
-def sample_dataset(source: TrainingSource, settings: SampleSettings, first_epoch: int, last_epoch: int, rank: int,
-                   world: int, rows: int, counter=None) -> "ray.data.Dataset":
-    """The samples of one worker for epochs ``first_epoch .. last_epoch``, in order: ``template``, ``search``
-    (uint8 HxWx3), ``search_box`` (cxcywh normalised), ``pair_index`` and ``epoch``. One Ray Data task per work
-    item; an item's description is recomputed in its task from (epoch, position), so nothing large travels."""
-    offsets = _epoch_offsets(source, first_epoch, last_epoch, rank, world, rows)
+class SampleStream:
+    """The samples of one training worker for epochs ``first_epoch .. last_epoch``, in work-item order.
 
-    def load_and_sample(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        position = int(batch["id"][0])
-        span = bisect.bisect_right(offsets, position) - 1
-        epoch = first_epoch + span
-        item = source.items(epoch, rank, world, rows)[position - offsets[span]]
-        out, dropped = sample_pairs(source.load(item), settings.seed, epoch, settings.template_size,
-                                    settings.search_size, settings.search_factor, settings.jitter, settings.augment)
-        if dropped and counter is not None:
-            counter.add.remote(dict(dropped))
-        out["epoch"] = np.full(len(out["pair_index"]), epoch, dtype=np.int64)
-        return out
+    Every item (``ct_ray.data.sources``) is one Ray task on the cluster's CPUs; at most ``tasks`` run ahead of
+    the item the worker is reading, so the data keeps pace with training without competing with it for every core.
+    Plain tasks rather than a Ray Data pipeline: here they cost 3.7 ms of CPU per sample against 5.1-5.5 ms for
+    ``map_batches`` (1.9 ms of it is the sampling itself), and no streaming executor runs inside the training process
+    (``benchmarks/data_throughput.py``)."""
 
-    total = offsets[-1]
-    ray.data.DataContext.get_current().enable_progress_bars = False  # ct-ray reports its own progress
-    return ray.data.range(total, override_num_blocks=max(1, total)).map_batches(
-        load_and_sample, batch_size=1, batch_format="numpy")
+    def __init__(self, source: TrainingSource, settings: SampleSettings, first_epoch: int, last_epoch: int,
+                 rank: int, world: int, rows: int, counter=None, tasks: int = 2) -> None:
+        self._items = ((epoch, item) for epoch in range(first_epoch, last_epoch + 1)
+                       for item in source.items(epoch, rank, world, rows))
+        self._submit = lambda item: _sample_task.remote(source, settings, item, rank, counter)
+        self._pending: collections.deque = collections.deque()
+        for _ in range(max(1, tasks)):
+            self._launch()
+
+    def _launch(self) -> None:
+        entry = next(self._items, None)
+        if entry is not None:
+            self._pending.append(self._submit(entry[1]))
+
+    def __iter__(self) -> "SampleStream":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if not self._pending:
+            raise StopIteration
+        ref = self._pending.popleft()
+        self._launch()
+        return ray.get(ref)
 
 
 def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
@@ -179,9 +190,7 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, t
     }
 
 
-def worker_batches(dataset: "ray.data.Dataset", batch_size: int, steps: int, shuffle_buffer: int, seed: int,
+def worker_batches(stream: SampleStream, batch_size: int, steps: int, shuffle_buffer: int, seed: int,
                    rank: int) -> EpochBatches:
-    """The epoch batcher over a worker's sample dataset, read in order with a few batches prefetched."""
-    dataset.context.execution_options.preserve_order = True
-    stream = dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=4)
-    return EpochBatches(iter(stream), batch_size, steps, shuffle_buffer, seed, rank)
+    """The epoch batcher over a worker's sample stream."""
+    return EpochBatches(stream, batch_size, steps, shuffle_buffer, seed, rank)

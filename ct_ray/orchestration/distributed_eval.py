@@ -14,25 +14,29 @@ from ct_ray.data.sequences import Sequence
 from ct_ray.evaluation.results import read_results, result_complete, write_results
 from ct_ray.evaluation.sequence import track_sequence
 from ct_ray.models.one_stream import OneStreamTracker, TrackerConfig
+from ct_ray.tracking.runtimes import PreparedRuntime, RuntimeSpec
 
 
 @ray.remote
-def _track_task(config: dict, state: dict, sequence: Sequence, use_gpu: bool, threads: int
-                ) -> tuple[str, np.ndarray, np.ndarray]:
+def _track_task(config: dict, state: dict, sequence: Sequence, use_gpu: bool, threads: int,
+                runtime: PreparedRuntime) -> tuple[str, np.ndarray, np.ndarray]:
     torch.set_num_threads(threads)
     model = OneStreamTracker(TrackerConfig.from_dict(config))
     model.load_state_dict(state)
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    boxes, times = track_sequence(model, sequence, device)
+    boxes, times = track_sequence(model, sequence, device, runtime.open(model, device, threads))
     return sequence.name, boxes, times
 
 
 def evaluate_sequences(model: OneStreamTracker, sequences: Iterable[Sequence], results_dir: str | Path | None = None,
                        use_gpu: bool = False, cpus_per_task: float = 1.0, threads_per_task: int = 1,
-                       progress: bool = True, description: str = "tracking") -> dict[str, np.ndarray]:
+                       progress: bool = True, description: str = "tracking",
+                       runtime: PreparedRuntime | None = None) -> dict[str, np.ndarray]:
     """Tracks every sequence in its own Ray task and returns ``{name: boxes}``. With ``results_dir`` the results
     are written in the pytracking layout (``<seq>.txt``, ``<seq>_time.txt``) and sequences whose result file is
-    already complete are read back instead of tracked again."""
+    already complete are read back instead of tracked again. ``runtime`` (:func:`ct_ray.tracking.runtimes.
+    prepare_runtime`) runs the network in every task; default PyTorch eager."""
+    runtime = runtime or PreparedRuntime(RuntimeSpec())
     sequences = list(sequences)
     results: dict[str, np.ndarray] = {}
     todo = []
@@ -47,7 +51,9 @@ def evaluate_sequences(model: OneStreamTracker, sequences: Iterable[Sequence], r
         # Outside any placement group: called from a training worker, the tasks must not be captured by its bundle.
         options = {"num_cpus": cpus_per_task, "num_gpus": 1 if use_gpu else 0,
                    "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None)}
-        pending = [_track_task.options(**options).remote(config, state, s, use_gpu, threads_per_task) for s in todo]
+        prepared = ray.put(runtime)
+        pending = [_track_task.options(**options).remote(config, state, s, use_gpu, threads_per_task, prepared)
+                   for s in todo]
         with tqdm(total=len(sequences), initial=len(results), desc=description, unit="seq",
                   disable=not progress) as bar:
             while pending:

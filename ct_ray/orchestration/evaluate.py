@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ct_ray.data.checks import box_report
 from ct_ray.data.sequences import Sequence
 from ct_ray.evaluation.reports import (
     PER_SEQUENCE_FILE,
@@ -40,9 +41,11 @@ from ct_ray.evaluation.results import (
     write_got10k_submission,
     write_trackingnet_submission,
 )
+from ct_ray.errors import InputError
 from ct_ray.fileio import atomic_write_text
 from ct_ray.models import TEACHERS, OneStreamTracker, load_checkpoint
-from ct_ray.orchestration import mlflow_runs
+from ct_ray.orchestration import console, mlflow_runs
+from ct_ray.tracking.runtimes import PreparedRuntime, RuntimeSpec, prepare_runtime
 
 
 @dataclass
@@ -68,14 +71,24 @@ class EvalRequest:
     mlflow_uri: str | None = None
     experiment: str = "ct-ray"
     progress: bool = True
+    runtime: str = "torch"
+    provider: str = "cpu"
+    int8: bool = False
+    graphs: str | None = None
 
     def __post_init__(self) -> None:
+        self.runtime_spec  # checks runtime / provider / int8
         if self.kind not in TEACHERS:
             raise ValueError(f"kind {self.kind!r} is not one of {sorted(TEACHERS)}")
         if self.max_sequences is not None and self.max_sequences < 1:
             raise ValueError(f"max_sequences must be at least 1, got {self.max_sequences}")
         if self.cpus_per_task <= 0 or self.threads_per_task < 1:
             raise ValueError("cpus_per_task must be > 0 and threads_per_task >= 1")
+
+
+    @property
+    def runtime_spec(self) -> RuntimeSpec:
+        return RuntimeSpec(self.runtime, self.provider, self.int8)
 
 
 @dataclass
@@ -90,6 +103,7 @@ class EvalOutcome:
     mlflow_run_id: str | None = None
     mlflow_run_created: bool = False
     artifacts: list[Path] = field(default_factory=list)
+    runtime: str = "torch"
 
 
 @dataclass
@@ -105,20 +119,31 @@ class _Evaluation:
     prefix: str
     label: str
     results_dir: Path
+    runtime: PreparedRuntime
     boxes: dict = field(default_factory=dict)
     outcome: EvalOutcome | None = None
 
 
-def _open(request: EvalRequest) -> _Evaluation:
-    """Loads the tracker and the sequences and claims the results folder (refused if it holds another tracker's)."""
+def _open(request: EvalRequest, log: Callable[[str], None]) -> _Evaluation:
+    """Loads the tracker and the sequences, prepares the runtime (an ONNX Runtime that cannot load fails here, before
+    any sequence is tracked) and claims the results folder (refused if it holds another tracker's or runtime's)."""
     model, meta = load_checkpoint(request.checkpoint, request.kind, request.num_heads)
     model.eval()
+    spec = request.runtime_spec
+    runtime = prepare_runtime(model, spec, graphs=request.graphs)
+    if spec.name == "onnxruntime" and not request.use_gpu:
+        runtime.open(model, "cpu", 1)  # the provider and the graphs' crop sizes, checked on the driver
     dataset_kind, split, sequences = load_sequences(request.dataset, request.split, request.max_sequences)
-    label = request.name or f"{Path(request.checkpoint).stem}_{dataset_kind}_{split or 'all'}"
+    for line in box_report(sequences).lines():
+        log(f"warning: {line} (they count as misses)")
+    suffix = "" if spec.name == "torch" else f"_{spec.label}"
+    label = request.name or f"{Path(request.checkpoint).stem}_{dataset_kind}_{split or 'all'}{suffix}"
     results_dir = Path(request.out) if request.out is not None else Path("results") / label
-    claim_results_dir(results_dir, request.checkpoint, request.dataset, split)
-    return _Evaluation(request, model, meta, dataset_kind, split, sequences,
-                       metric_prefix(request.name, split, dataset_kind), label, results_dir)
+    claim_results_dir(results_dir, request.checkpoint, request.dataset, split, spec.label)
+    prefix = metric_prefix(request.name, split, dataset_kind)
+    if spec.name != "torch":  # scores through another runtime never overwrite PyTorch's
+        prefix = f"{prefix}_{spec.metric_label}"
+    return _Evaluation(request, model, meta, dataset_kind, split, sequences, prefix, label, results_dir, runtime)
 
 
 def _track(job: _Evaluation, log: Callable[[str], None]) -> int:
@@ -129,17 +154,19 @@ def _track(job: _Evaluation, log: Callable[[str], None]) -> int:
     from ct_ray.orchestration.distributed_eval import evaluate_sequences
 
     request = job.request
+    console.log_to(job.results_dir / "ray.log")
     # A local instance gets one logical CPU per core (not init_ray's default of two), so that the parallel tracking
     # tasks do not share cores and the tracking-loop times stay those of one tracker per core.
     init_ray(None, num_cpus=os.cpu_count() or 1)
     if request.use_gpu and not ray.cluster_resources().get("GPU", 0):
-        raise ValueError("--gpu: the Ray cluster has no GPU")
+        raise InputError("--gpu: the Ray cluster has no GPU")
     tracked = sum(1 for s in job.sequences if not result_complete(job.results_dir, s.name, len(s)))
-    log(f"{len(job.sequences)} sequences of {request.dataset} (split {job.split}); "
+    log(f"{len(job.sequences)} sequences of {request.dataset} (split {job.split}, runtime {job.runtime.spec.label}); "
         f"{len(job.sequences) - tracked} already complete in {job.results_dir}")
     job.boxes = evaluate_sequences(job.model, job.sequences, job.results_dir, use_gpu=request.use_gpu,
                                    cpus_per_task=request.cpus_per_task, threads_per_task=request.threads_per_task,
-                                   progress=request.progress, description=f"tracking {job.label}")
+                                   progress=request.progress, description=f"tracking {job.label}",
+                                   runtime=job.runtime)
     return tracked
 
 
@@ -185,9 +212,9 @@ def _size(job: _Evaluation) -> dict[str, Any]:
 
     if job.request.profile:
         device = "cuda" if job.request.use_gpu and torch.cuda.is_available() else "cpu"
-        speed = profile_tracker(job.model, device)
+        speed = profile_tracker(job.model, device, runtime=job.runtime)
         return {"params": speed.params, "flops": speed.flops, "forward_ms": speed.forward_ms,
-                "forward_fps": speed.forward_fps, "profile_device": speed.device}
+                "forward_fps": speed.forward_fps, "network_ms": speed.network_ms, "profile_device": speed.device}
     return {"params": count_parameters(job.model), "flops": count_flops(job.model.cpu())}
 
 
@@ -214,21 +241,32 @@ def _log_to_mlflow(job: _Evaluation, uri: str) -> None:
     metrics: dict[str, float] = {}
     if outcome.report is not None:
         metrics.update({f"{prefix}_{key}": value for key, value in outcome.report.metrics().items()})
+    # Speed on another runtime than PyTorch eager is named after it (onnxruntime_cpu_tracking_fps, ...).
+    runtime = "" if job.runtime.spec.name == "torch" else f"{job.runtime.spec.metric_label}_"
     for key in ("tracking_ms", "tracking_fps"):
         if outcome.timing.get(key) is not None:
-            metrics[key] = outcome.timing[key]
-    for key in ("params", "flops", "forward_ms", "forward_fps"):
+            metrics[f"{runtime}{key}"] = outcome.timing[key]
+    for key in ("params", "flops"):
         if key in outcome.size:
             metrics[key] = float(outcome.size[key])
+    for key in ("forward_ms", "forward_fps", "network_ms"):
+        if key in outcome.size:
+            metrics[f"{runtime}{key}" if key == "network_ms" else key] = float(outcome.size[key])
     failed = True
     try:
         mlflow_runs.log_metrics(uri, run_id, metrics, step=0)
         mlflow_runs.set_tags(uri, run_id, {f"eval.{prefix}.dataset": request.dataset,
                                            f"eval.{prefix}.split": str(job.split),
                                            f"eval.{prefix}.checkpoint": checkpoint,
+                                           f"eval.{prefix}.runtime": job.runtime.spec.label,
                                            f"eval.{prefix}.results_dir": str(outcome.results_dir.resolve())})
         for path in outcome.artifacts:
             mlflow_runs.log_artifact(uri, run_id, path, f"eval/{prefix}")
+        if not created:  # the checkpoint's own run: its registered tracker gets the scores too
+            from ct_ray.orchestration.mlflow_model import tag_model_versions
+
+            tag_model_versions(uri, run_id, {k: v for k, v in metrics.items()
+                                             if k.startswith(prefix) or "tracking" in k})
         failed = False
     finally:
         if created:
@@ -242,14 +280,15 @@ def evaluate_checkpoint(request: EvalRequest, log: Callable[[str], None] = print
     if request.mlflow:
         uri = mlflow_runs.resolve_tracking_uri(request.mlflow_uri)
         mlflow_runs.check_reachable(uri)
-    job = _open(request)
+    job = _open(request, log)
     tracked = _track(job, log)
     if request.got10k_submission or request.trackingnet_submission:
         _write_submissions(job, log)
     timing = timing_summary(job.results_dir, [s.name for s in job.sequences])
     report, artifacts = _score(job, timing, log)
     job.outcome = EvalOutcome(results_dir=job.results_dir, prefix=job.prefix, sequences=len(job.sequences),
-                              tracked=tracked, report=report, timing=timing, size=_size(job), artifacts=artifacts)
+                              tracked=tracked, report=report, timing=timing, size=_size(job), artifacts=artifacts,
+                              runtime=job.runtime.spec.label)
     if uri is not None:
         _log_to_mlflow(job, uri)
     return job.outcome

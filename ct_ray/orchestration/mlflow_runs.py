@@ -64,21 +64,34 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+EXPERIMENT_TAGS = {
+    # The UI opens a model-development experiment on its runs (not on the GenAI overview of traces and prompts)...
+    "mlflow.experimentKind": "custom_model_development",
+    # ... and ranks them by the test AUC that `ct-ray eval` and the studies log.
+    "mlflow.experiment.primaryMetric.name": "test_auc",
+    "mlflow.experiment.primaryMetric.greaterIsBetter": "True",
+}
+
+
 def experiment_id(uri: str, name: str) -> str:
+    """The id of experiment ``name``, created (tagged as a model-development experiment, artifacts in
+    ``./mlartifacts`` for a local store) when missing."""
     mlflow_client = client(uri)
     experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    if not uri.startswith(("http://", "https://", "databricks")):
-        location = (Path.cwd() / "mlartifacts" / name).resolve().as_uri()
-    try:
-        return mlflow_client.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:
-        found = mlflow_client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+    if experiment is None:
+        location = None
+        if not uri.startswith(("http://", "https://", "databricks")):
+            location = (Path.cwd() / "mlartifacts" / name).resolve().as_uri()
+        try:
+            mlflow_client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+        except mlflow.exceptions.MlflowException:
+            if mlflow_client.get_experiment_by_name(name) is None:
+                raise
+        experiment = mlflow_client.get_experiment_by_name(name)
+    missing = {k: v for k, v in EXPERIMENT_TAGS.items() if experiment.tags.get(k) is None}
+    for key, value in missing.items():
+        mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 def _chunks(items: list, size: int = 100) -> Iterable[list]:
@@ -92,16 +105,19 @@ def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any
     all_tags = {k: str(v) for k, v in tags.items()}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = mlflow_client.create_run(experiment_id(uri, experiment), run_name=run_name, tags=all_tags)
+    run = with_retries(lambda: mlflow_client.create_run(experiment_id(uri, experiment), run_name=run_name,
+                                                        tags=all_tags), f"creating run {run_name}")
     param_list = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()]
     for chunk in _chunks(param_list):
-        mlflow_client.log_batch(run.info.run_id, params=chunk)
+        with_retries(lambda: mlflow_client.log_batch(run.info.run_id, params=chunk), "logging params")
     return run.info.run_id
 
 
+# Every call below is retried through a short outage of the tracking server (``with_retries``).
 def reopen_run(uri: str, run_id: str) -> None:
     """Marks a run RUNNING again (a resumed training run continues its MLflow run)."""
-    client(uri).update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    with_retries(lambda: client(uri).update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING)),
+                 f"reopening run {run_id}")
 
 
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
@@ -110,19 +126,21 @@ def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) 
     now = int(time.time() * 1000)
     values = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
     for chunk in _chunks(values, 500):
-        client(uri).log_batch(run_id, metrics=chunk)
+        with_retries(lambda: client(uri).log_batch(run_id, metrics=chunk), f"logging metrics of run {run_id}")
 
 
 def set_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
-    client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    batch = [RunTag(k, str(v)) for k, v in tags.items()]
+    with_retries(lambda: client(uri).log_batch(run_id, tags=batch), f"tagging run {run_id}")
 
 
 def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-    client(uri).log_artifact(run_id, str(path), artifact_path)
+    with_retries(lambda: client(uri).log_artifact(run_id, str(path), artifact_path), f"logging {Path(path).name}")
 
 
 def end_run(uri: str, run_id: str, failed: bool = False) -> None:
-    client(uri).set_terminated(run_id, "FAILED" if failed else "FINISHED")
+    with_retries(lambda: client(uri).set_terminated(run_id, "FAILED" if failed else "FINISHED"),
+                 f"ending run {run_id}")
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -202,6 +220,10 @@ class TrackedRun:
                                        indent=2) + "\n")
         return cls(uri, run_id, location, created)
 
+    def describe(self, markdown: str) -> None:
+        """The run's description in the UI (``mlflow.note.content``, rendered as Markdown)."""
+        set_tags(self.uri, self.run_id, {"mlflow.note.content": markdown})
+
     def finish(self) -> None:
         end_run(self.uri, self.run_id)
 
@@ -216,3 +238,90 @@ class TrackedRun:
             self.finish()
         else:
             self.fail()
+
+
+def _transient(exc: BaseException) -> bool:
+    """A connection or server error (worth retrying), not a refused request (a bad value, a missing run)."""
+    if isinstance(exc, OSError):
+        return True
+    code = getattr(exc, "error_code", "") or ""
+    return code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "") or "Max retries" in str(exc) \
+        or "Connection" in str(exc)
+
+
+def with_retries(call, what: str, attempts: int = 8, wait: float = 2.0, max_wait: float = 30.0):
+    """``call()``, retried with a growing wait while the tracking server does not answer (a short outage must not
+    fail the work); the last failure is raised as ``MlflowUnavailableError`` naming ``what``."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except (mlflow.exceptions.MlflowException, OSError) as exc:
+            if not _transient(exc):
+                raise
+            if attempt == attempts - 1:
+                raise MlflowUnavailableError(f"MLflow: {what} failed after {attempts} tries: {exc}") from None
+            time.sleep(min(max_wait, wait * 2 ** attempt))
+
+
+class MetricBuffer:
+    """A run's metrics, sent by a background thread: the training loop never waits on MLflow, and during an outage
+    the metrics are kept and sent once the server answers again; ``close`` waits (up to ``timeout``) until every
+    metric arrived. No metric is dropped and an outage never fails a worker."""
+
+    def __init__(self, uri: str, run_id: str, retry_wait: float = 2.0) -> None:
+        import queue
+        import threading
+
+        self.uri, self.run_id, self.retry_wait = uri, run_id, retry_wait
+        self._queue: "queue.Queue" = queue.Queue()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self.failures = 0
+        self._thread = threading.Thread(target=self._send_forever, name="ct-ray-mlflow", daemon=True)
+        self._thread.start()
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        with self._lock:
+            self._pending += 1
+        self._queue.put(batch)
+
+    def _send_forever(self) -> None:
+        import time
+
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            while True:
+                try:
+                    for chunk in _chunks(batch, 500):
+                        client(self.uri).log_batch(self.run_id, metrics=chunk)
+                    break
+                except Exception:  # noqa: BLE001  (any transport error: keep the batch and try again)
+                    self.failures += 1
+                    time.sleep(self.retry_wait)
+            with self._lock:
+                self._pending -= 1
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return self._pending
+
+    def close(self, timeout: float = 600.0) -> int:
+        """Waits until every metric is sent (or ``timeout`` passes); returns how many batches are still unsent."""
+        import time
+
+        deadline = time.time() + timeout
+        while self.pending and time.time() < deadline:
+            time.sleep(0.2)
+        left = self.pending
+        if not left:
+            self._queue.put(None)
+        return left

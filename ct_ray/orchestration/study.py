@@ -28,6 +28,8 @@ them), so that a comparison rests on more than the benchmark's few test sequence
 """
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import json
 import shutil
@@ -36,12 +38,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
 from ct_ray.config import ConfigError, flatten, from_dict, read_yaml, to_dict
 from ct_ray.fileio import atomic_write_text
-from ct_ray.orchestration import mlflow_runs
+from ct_ray.orchestration import console, mlflow_runs
 from ct_ray.studies.design import TEACHER_FILE, Arm, StudyPreset, rebase
-from ct_ray.studies.paired_stats import Row, TrackerResult, summarise
-from ct_ray.studies.tables import format_markdown, format_table, row_metrics
+from ct_ray.studies.paired_stats import Row, TrackerResult, gap_to, summarise
+from ct_ray.studies.tables import format_markdown, format_table, gap_note, row_metrics, train_gap_note
 from ct_ray.training.experiment import ExperimentConfig, check_experiment
 
 
@@ -55,6 +59,25 @@ class StudyOutcome:
     files: dict[str, Path]
     mlflow_uri: str | None
     mlflow_run_id: str | None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+TRAIN_SEQUENCES = 20
+"""Training sequences the teacher is scored on, beside the test sequences, to measure its train - test gap."""
+
+
+def training_sequences(teacher: ExperimentConfig, out: Path) -> ScoringSet:
+    """Sequences the teacher trained on: the stream's first sequences of epoch 1 (written whole), or the first of
+    the benchmark's training split when it trained on shards of it."""
+    from ct_ray.training.experiment import DataSource
+
+    if teacher.data.source is DataSource.STREAM:
+        from ct_ray.data.stream import write_stream_sequences
+
+        root = write_stream_sequences(out / "data" / "train-sequences", teacher.data.stream, teacher.run.seed,
+                                      TRAIN_SEQUENCES)
+        return ScoringSet(f"synthetic:{root}", "test", out / "results-train", "train")
+    return ScoringSet(teacher.data.val_dataset, "train", out / "results-train", "train")
 
 
 _REUSE_IGNORED = ("scaling.", "mlflow.")
@@ -123,14 +146,19 @@ def scoring_set(preset: StudyPreset, out: Path) -> ScoringSet:
 
 def _evaluate(label: str, seed: int | None, run_name: str, checkpoint: str, tests: ScoringSet,
               preset: StudyPreset, uri: str | None, experiment: str, say: Callable[[str], None],
-              train_s: float | None) -> TrackerResult:
+              train_s: float | None, max_sequences: int | None = None, runtime: str = "torch") -> TrackerResult:
     from ct_ray.orchestration.evaluate import EvalRequest, evaluate_checkpoint
+    from ct_ray.tracking.runtimes import RuntimeSpec
 
     evaluation = preset.evaluation
+    spec = RuntimeSpec.parse(runtime)
+    folder = run_name if spec.name == "torch" else f"{run_name}_{spec.label}"
     request = EvalRequest(checkpoint=checkpoint, dataset=tests.dataset, split=tests.split, name=tests.prefix,
-                          out=str(tests.results / run_name), max_sequences=evaluation.max_sequences,
+                          out=str(tests.results / folder),
+                          max_sequences=max_sequences or evaluation.max_sequences,
                           use_gpu=evaluation.use_gpu, mlflow=uri is not None, mlflow_uri=uri, experiment=experiment,
-                          cpus_per_task=evaluation.cpus_per_task, progress=False)
+                          cpus_per_task=evaluation.cpus_per_task, progress=False, runtime=spec.name,
+                          provider=spec.provider, int8=spec.int8)
     outcome = evaluate_checkpoint(request, log=lambda _: None)
     scores = outcome.report.metrics()
     result = TrackerResult(label=label, seed=seed, run_name=run_name, checkpoint=checkpoint,
@@ -138,14 +166,19 @@ def _evaluate(label: str, seed: int | None, run_name: str, checkpoint: str, test
                            norm_precision=scores["norm_precision"], tracking_ms=outcome.timing["tracking_ms"],
                            flops=int(outcome.size["flops"]), params=int(outcome.size["params"]),
                            mlflow_run_id=outcome.mlflow_run_id, train_s=train_s,
-                           sequence_auc={s.name: s.auc for s in outcome.report.benchmark.sequences})
-    say(f"  {run_name}: {tests.prefix} AUC {result.auc:.1f}, precision {result.precision:.1f}")
+                           sequence_auc={s.name: s.auc for s in outcome.report.benchmark.sequences},
+                           success_curve=outcome.report.benchmark.success_curve.tolist(),
+                           precision_curve=outcome.report.benchmark.precision_curve.tolist())
+    say(f"  {run_name}: {tests.prefix} AUC {result.auc:.1f}, precision {result.precision:.1f}"
+        f"{'' if spec.name == 'torch' else f' ({spec.label})'}")
     return result
 
 
-def measure_speed(checkpoint: str, use_gpu: bool = False, iterations: int = 100, warmup: int = 10) -> float:
-    """Median milliseconds of one whole tracking step of ``checkpoint`` at batch 1, in a Ray task of one CPU (torch
-    on one thread) or one GPU; the caller runs one at a time so that no two measurements share the machine."""
+def measure_speed(checkpoint: str, use_gpu: bool = False, iterations: int = 100, warmup: int = 10,
+                  runtime: str = "torch") -> float:
+    """Median milliseconds of one whole tracking step of ``checkpoint`` at batch 1 through ``runtime``, in a Ray task
+    of one CPU (one thread) or one GPU; the caller runs one at a time so that no two measurements share the
+    machine."""
     import ray
 
     def task(path: str, gpu: bool) -> float:
@@ -157,7 +190,8 @@ def measure_speed(checkpoint: str, use_gpu: bool = False, iterations: int = 100,
         torch.set_num_threads(1)
         model = load_tracker(path)[0]
         device = "cuda" if gpu else "cpu"
-        return profile_tracker(model, device, iterations=iterations, warmup=warmup).tracking_step_ms
+        return profile_tracker(model, device, iterations=iterations, warmup=warmup,
+                               runtime=runtime).tracking_step_ms
 
     remote = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(task)
     return float(ray.get(remote.remote(str(checkpoint), use_gpu)))
@@ -180,6 +214,7 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
         raise ConfigError("seeds: give at least one seed")
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    console.log_to(out / "ray.log")
     teacher_config = rebase(preset.teacher, out)
     teacher_path = out / TEACHER_FILE
     study_teacher = {"kind": "ct-ray", "path": TEACHER_FILE, "bootstrap": None}
@@ -193,6 +228,14 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
             raise ConfigError(f"{config.run.name}: student: {exc}") from exc
     for config in [teacher_config, *[config for _, _, config in configs]]:
         check_reusable(config, Path(config.run.storage_path) / config.run.name)
+    if preset.evaluation.deploy_runtime:  # before any work: the deployed runtime must be installed
+        from ct_ray.tracking.runtimes import RuntimeSpec, RuntimeUnavailableError, check_installed
+
+        try:
+            check_installed(RuntimeSpec.parse(preset.evaluation.deploy_runtime))
+        except RuntimeUnavailableError as exc:
+            raise RuntimeUnavailableError(f"evaluation.deploy_runtime: {exc} (or --set "
+                                          "evaluation.deploy_runtime=null)") from None
     experiment = preset.compresstracker.mlflow.experiment
     uri = mlflow_runs.resolve_tracking_uri(preset.compresstracker.mlflow.tracking_uri) \
         if preset.compresstracker.mlflow.enabled else None
@@ -208,7 +251,7 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
         parent = mlflow_runs.TrackedRun.open(uri, out / f"{name}_run.json", experiment, name, params,
                                              {"kind": "study", **mlflow_runs.environment_tags()})
     parent_id = parent.run_id if parent else None
-    try:
+    with parent if parent is not None else contextlib.nullcontext():  # FINISHED, or FAILED on any error
         say(f"[1/3] teacher: {teacher_config.model.depth} blocks, width {teacher_config.model.embed_dim}, "
             f"{teacher_config.run.epochs} epochs (data generated on first use)")
         if teacher_path.is_file():
@@ -229,6 +272,12 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
         say(f"[3/3] evaluation on the {tests.split} sequences of {tests.dataset}")
         teacher = _evaluate("teacher", None, teacher_config.run.name, str(teacher_path), tests, preset,
                             uri, experiment, say, teacher_s)
+        seen = training_sequences(teacher_config, out)
+        on_train = _evaluate("teacher", None, teacher_config.run.name, str(teacher_path), seen, preset, uri,
+                             experiment, say, None, max_sequences=TRAIN_SEQUENCES)
+        if uri and teacher.mlflow_run_id:
+            mlflow_runs.log_metrics(uri, teacher.mlflow_run_id, {f"{tests.prefix}_train_gap": on_train.auc - teacher.auc},
+                                    step=0)
         per_arm: dict[str, list[TrackerResult]] = {}
         for arm, seed, config, checkpoint, seconds in trained:
             per_arm.setdefault(arm.label, []).append(
@@ -242,31 +291,86 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
                 mlflow_runs.log_metrics(uri, result.mlflow_run_id, {"tracking_step_ms": result.tracking_ms,
                                                                     "tracking_step_fps": 1000.0 / result.tracking_ms},
                                         step=0)
+        deploy = preset.evaluation.deploy_runtime
+        if deploy and per_arm:
+            first = next(iter(per_arm.values()))
+            say(f"  {first[0].label} through {deploy}: scores and tracking step")
+            for result in first:
+                through = _evaluate(result.label, result.seed, result.run_name, result.checkpoint, tests, preset,
+                                    uri, experiment, say, None, runtime=deploy)
+                result.deployed = {"runtime": deploy, "auc": through.auc,
+                                   "tracking_ms": measure_speed(result.checkpoint, preset.evaluation.use_gpu,
+                                                                runtime=deploy)}
         rows = summarise(teacher, per_arm)
-        table = format_table(rows)
-        files = _write_outputs(out, name, preset, rows, results)
+        alone = [arms for label, arms in per_arm.items() if arms and arms[0].label == "student only"]
+        notes = [note for note in (gap_note(gap_to(alone[0], teacher)) if alone else None,
+                                   train_gap_note(on_train.auc, teacher.auc, len(on_train.sequence_auc)))
+                 if note]
+        table = format_table(rows) + "".join(f"\n{note}" for note in notes)
+        files = _write_outputs(out, name, preset, rows, results, notes)
         if parent is not None:
             for path in files.values():
                 mlflow_runs.log_artifact(uri, parent_id, path)
             mlflow_runs.log_metrics(uri, parent_id, row_metrics(rows), step=0)
-    except BaseException:
-        if parent is not None:
-            parent.fail()
-        raise
-    if parent is not None:
-        parent.finish()
+            _describe_study(parent, experiment, name, rows, results, notes, out)
     return StudyOutcome(out=out, rows=rows, results=results, table=table, files=files, mlflow_uri=uri,
-                        mlflow_run_id=parent_id)
+                        mlflow_run_id=parent_id, notes=notes)
 
 
-def _write_outputs(out: Path, name: str, preset: StudyPreset, rows: list[Row], results: list[TrackerResult]
-                   ) -> dict[str, Path]:
+def _describe_study(parent: mlflow_runs.TrackedRun, experiment: str, name: str, rows: list[Row],
+                    results: list[TrackerResult], notes: list[str], out: Path) -> None:
+    """The study run's page: the table as its description with a link to every tracker's run, and the plots a reader
+    looks at (success and precision of all trackers, AUC against FPS, the arms' training curves)."""
+    from ct_ray.evaluation.plots import curve_plot, speed_accuracy_plot, training_curves_plot
+    from ct_ray.evaluation.metrics import PRECISION_THRESHOLDS, SUCCESS_THRESHOLDS
+
+    experiment_id = mlflow_runs.experiment_id(parent.uri, experiment)
+    links = [f"[{r.run_name}](#/experiments/{experiment_id}/runs/{r.mlflow_run_id})" for r in results
+             if r.mlflow_run_id]
+    parent.describe(f"## {name}\n\n{format_markdown(rows, notes)}\n\nRuns: {', '.join(links)}\n")
+    plots = out / "plots" / name
+    by_arm: dict[str, list[TrackerResult]] = {}
+    for result in results:
+        by_arm.setdefault(result.label, []).append(result)
+
+    def mean(curves: list[list[float]]) -> list[float]:
+        return np.mean(np.asarray(curves), axis=0).tolist()
+
+    success = {label: (SUCCESS_THRESHOLDS, mean([r.success_curve for r in rs]), float(np.mean([r.auc for r in rs])))
+               for label, rs in by_arm.items() if all(r.success_curve for r in rs)}
+    precision = {label: (PRECISION_THRESHOLDS, mean([r.precision_curve for r in rs]),
+                         float(np.mean([r.precision for r in rs]))) for label, rs in by_arm.items()
+                 if all(r.precision_curve for r in rs)}
+    files = []
+    if success:
+        files.append(curve_plot(success, plots / "success.png", "Overlap threshold", "Overlap precision [%]",
+                                f"Success: {name}", "AUC"))
+        files.append(curve_plot(precision, plots / "precision.png", "Location error threshold [px]",
+                                "Distance precision [%]", f"Precision: {name}", "P@20"))
+    points = {f"{row.label} ({row.flops_ratio:.2f}x FLOPs)" if row.flops_ratio else row.label: (row.fps, row.auc[0])
+              for row in rows}
+    files.append(speed_accuracy_plot(points, plots / "auc_vs_fps.png", title=f"AUC against tracking FPS: {name}"))
+    histories = {}
+    client = mlflow_runs.client(parent.uri)
+    for result in results:
+        if result.mlflow_run_id:
+            histories[result.run_name] = {
+                metric: [(m.step, m.value) for m in client.get_metric_history(result.mlflow_run_id, metric)]
+                for metric in ("loss_total", "val_auc")}
+    if histories:
+        files.append(training_curves_plot(histories, plots / "training_curves.png", title=f"Training: {name}"))
+    for path in files:
+        mlflow_runs.log_artifact(parent.uri, parent.run_id, path, "plots")
+
+
+def _write_outputs(out: Path, name: str, preset: StudyPreset, rows: list[Row], results: list[TrackerResult],
+                   notes: list[str]) -> dict[str, Path]:
     summary = {"study": name, "preset": preset.name, "preset_config": to_dict(preset),
                "rows": [r.to_dict() for r in rows], "trackers": [dataclasses.asdict(r) for r in results],
-               "environment": mlflow_runs.environment_tags()}
+               "notes": notes, "environment": mlflow_runs.environment_tags()}
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
     atomic_write_text(json_path, json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(md_path, format_markdown(rows) + "\n")
+    atomic_write_text(md_path, format_markdown(rows, notes) + "\n")
     return {"json": json_path, "markdown": md_path}
 
 

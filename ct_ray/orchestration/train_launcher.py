@@ -2,11 +2,13 @@
 
 It checks the config, prepares missing synthetic data and a missing bootstrap teacher, opens the run's MLflow run
 (failing before training when the store cannot be reached), builds the trainer from the config (workers, GPUs,
-placement, failure retries, checkpoint retention, the Ray Data pipeline), runs it, and files the final and best
+placement, failure retries, checkpoint retention, the sample stream), runs it, and files the final and best
 trackers, the config and the validation success plot into MLflow. A run lives in ``<storage_path>/<name>``; running
 the same config again, or ``ct-ray train --resume RUN_DIR``, continues it from its latest checkpoint.
 """
 from __future__ import annotations
+
+import contextlib
 
 import json
 import logging
@@ -25,7 +27,7 @@ from ct_ray.data.sequences import parse_dataset_spec
 from ct_ray.data.shards import MANIFEST, read_manifest
 from ct_ray.fileio import Location
 from ct_ray.models import load_tracker
-from ct_ray.orchestration import mlflow_runs
+from ct_ray.orchestration import console, mlflow_runs
 from ct_ray.training.experiment import DataSource, ExperimentConfig, check_experiment
 from ct_ray.training.inputs import epoch_size, model_crops, steps_per_epoch, stream_sampling, training_source
 
@@ -85,14 +87,14 @@ def check_data_before_ray(config: ExperimentConfig) -> None:
     if config.data.source is DataSource.STREAM or config.data.synth is not None:
         return
     read_manifest(config.data.shards)
-    if config.is_teacher_run or (config.teacher.path and Path(config.teacher.path).is_file()):
+    if config.is_teacher_run or (config.teacher.path and config.teacher.exists()):
         training_source(config, model_crops(config))
 
 
 def bootstrap_teacher(config: ExperimentConfig) -> str | None:
     """Trains the teacher named by ``teacher.bootstrap`` when ``teacher.path`` does not exist yet; returns the
     teacher's MLflow run id."""
-    if config.is_teacher_run or config.teacher.path is None or Path(config.teacher.path).exists():
+    if config.is_teacher_run or config.teacher.path is None or config.teacher.exists():
         return None
     if not config.teacher.bootstrap:
         raise ConfigError(f"teacher.path: {config.teacher.path} does not exist (train a teacher first, or name its "
@@ -103,9 +105,17 @@ def bootstrap_teacher(config: ExperimentConfig) -> str | None:
                           f"{teacher_config.kind.value})")
     log.info("teacher %s missing: training it with %s", config.teacher.path, config.teacher.bootstrap)
     outcome = train(teacher_config, config_path=config.teacher.bootstrap)
-    Path(config.teacher.path).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(outcome.final_tracker, config.teacher.path)
+    copy_file(outcome.final_tracker, config.teacher.path)
     return outcome.mlflow_run_id
+
+
+def copy_file(source: str, target: str) -> None:
+    """A file from one location (local path or store URI) to another, atomically."""
+    source_location, target_location = Location.of(source), Location.of(target)
+    with tempfile.TemporaryDirectory(prefix="ct-ray-copy-") as folder:
+        local = Path(source_location.path) if source_location.is_local else \
+            source_location.download(Path(folder) / source_location.name)
+        target_location.upload(local)
 
 
 def _teacher_run_id(config: ExperimentConfig, bootstrapped: str | None) -> str:
@@ -113,7 +123,7 @@ def _teacher_run_id(config: ExperimentConfig, bootstrapped: str | None) -> str:
         return bootstrapped
     if config.teacher.mlflow_run_id:
         return config.teacher.mlflow_run_id
-    if config.teacher.path and Path(config.teacher.path).is_file():
+    if config.teacher.path and config.teacher.exists():
         return str(config.teacher.load()[1].get("mlflow_run_id") or "none")
     return "none"
 
@@ -172,13 +182,21 @@ def _check_local_gpus(config: ExperimentConfig, ray_address: str | None) -> None
                           f"scaling.gpus_per_worker) but the local Ray instance has {available:g}")
 
 
+def log_file(config: ExperimentConfig) -> Path:
+    """Where Ray's output of a run goes: ``ray.log`` in its run folder, or (runs in a store) a local folder."""
+    root = Location.of(config.run.storage_path)
+    if root.is_local:
+        return Path(root.path) / config.run.name / "ray.log"
+    return Path.home() / ".cache" / "ct-ray" / "logs" / f"{config.run.name}.log"
+
+
 def train(config: ExperimentConfig, config_path: str | None = None, resume: bool = False,
           ray_address: str | None = None, callbacks: list | None = None,
-          parent_run_id: str | None = None) -> TrainOutcome:
+          parent_run_id: str | None = None, progress: bool = True) -> TrainOutcome:
     """Runs (or continues) the training run ``config.run.name`` in ``config.run.storage_path``.
 
     ``callbacks`` are ``ray.train.UserCallback`` objects (Tune passes its report callback); ``parent_run_id`` nests
-    the run's MLflow run under a parent (a Tune search)."""
+    the run's MLflow run under a parent (a Tune search); ``progress`` shows the run's progress bar."""
     from ct_ray.orchestration.cluster import init_ray
 
     config = config.absolute()
@@ -192,6 +210,7 @@ def train(config: ExperimentConfig, config_path: str | None = None, resume: bool
         raise ConfigError(f"--resume: {run_dir} holds no ct-ray run ({RUN_RECORD} missing)")
     division = check_experiment(config)
     check_data_before_ray(config)
+    console.log_to(log_file(config))
     init_ray(ray_address)
     _check_local_gpus(config, ray_address)
     teacher_run = bootstrap_teacher(config)
@@ -211,25 +230,20 @@ def train(config: ExperimentConfig, config_path: str | None = None, resume: bool
                                           parent_run_id=parent_run_id, extra={"config_path": config_path})
     else:
         record.write_text(json.dumps({"mlflow_run_id": None, "mlflow_uri": None, "config_path": config_path}))
-    try:
+    with run if run is not None else contextlib.nullcontext():  # FINISHED, or FAILED on any error
         run_dir.child(CONFIG_FILE).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
         counter = DropCounter.remote()
         settings = SampleSettings(seed=config.run.seed, template_size=model.template_size,
                                   search_size=model.search_size, search_factor=model.search_factor,
                                   jitter=config.data.jitter, augment=config.data.augment)
-        loop_config = {"experiment": to_dict(config), "steps_per_epoch": steps, "source": source,
-                       "settings": settings, "drop_counter": counter, "mlflow_uri": uri,
-                       "mlflow_run_id": run.run_id if run else None}
-        result = _trainer(config, loop_config, run_root, callbacks).fit()
+        with console.TrainingProgress(config.run.name, config.run.epochs, steps, enabled=progress) as bar:
+            loop_config = {"experiment": to_dict(config), "steps_per_epoch": steps, "source": source,
+                           "settings": settings, "drop_counter": counter, "mlflow_uri": uri,
+                           "mlflow_run_id": run.run_id if run else None, "progress": bar.board}
+            result = _trainer(config, loop_config, run_root, callbacks).fit()
         import ray
 
         outcome = _finish(config, result, run, run_dir, config_path, ray.get(counter.counts.remote()))
-    except BaseException:
-        if run is not None:
-            run.fail()
-        raise
-    if run is not None:
-        run.finish()
     return outcome
 
 
@@ -275,9 +289,23 @@ def _finish(config: ExperimentConfig, result, run: mlflow_runs.TrackedRun | None
             if curves:
                 mlflow_runs.log_artifact(uri, run_id, success_plot(curves, local / "validation_success.png",
                                                                     title=f"Validation: {config.run.name}"))
+            _log_model(config, run, local / FINAL_TRACKER, summary)
     return TrainOutcome(run_dir=run_dir.uri, mlflow_run_id=run.run_id if run else None,
                         final_tracker=trackers["final"].uri,
                         best_tracker=trackers["best"].uri if "best" in trackers else None, metrics=summary)
+
+
+def _log_model(config: ExperimentConfig, run: mlflow_runs.TrackedRun, tracker: Path, summary: dict) -> None:
+    """The final tracker as the run's MLflow model, registered under the experiment's name."""
+    from ct_ray.models import load_tracker
+    from ct_ray.orchestration.mlflow_model import log_tracker_model, registered_name
+    from ct_ray.tracking.speed import count_flops
+
+    model, meta = load_tracker(tracker)
+    tags = {"kind": config.kind.value, "depth": len(model.blocks), "flops": count_flops(model),
+            "teacher_run_id": _teacher_run_id(config, None) if not config.is_teacher_run else "none",
+            "val_auc": summary.get("val_auc")}
+    log_tracker_model(run.uri, run.run_id, tracker, registered_name(config.mlflow.experiment), tags)
 
 
 def resume_config(run_dir: str) -> tuple[ExperimentConfig, str | None]:

@@ -1,10 +1,14 @@
 """The Ray Train function every worker runs: one per process, DDP across processes (gloo on CPU, nccl on GPU).
 
 Per epoch: the replacement probability from the schedule, ``steps_per_epoch`` optimisation steps on the worker's
-own stream of samples (``ct_ray.orchestration.data_pipeline``: Ray Data tasks draw them for this rank and epoch),
-loss terms averaged across workers, validation by one-pass tracking every
-``validate_every`` epochs and at the end, a checkpoint every ``checkpoint_every`` epochs, metrics into the run's
-MLflow run (rank 0) and ``ray.train.report`` on every rank.
+own stream of samples (``ct_ray.orchestration.data_pipeline``: Ray tasks draw them for this rank and epoch), loss
+terms averaged across workers, validation by one-pass tracking every ``validate_every`` epochs and at the end (the
+sequences spread over the workers), a checkpoint every ``checkpoint_every`` epochs (uploaded in the background),
+metrics into the run's MLflow run (rank 0, through a buffer that outlives a server outage) and
+``ray.train.report`` on every rank.
+
+Only the trainable part is data-parallel: the frozen teacher of a CompressTracker or distillation run is a plain
+module on each worker, which DDP neither broadcasts nor reduces (``ignore_frozen_teacher``).
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from ct_ray.evaluation.metrics import SUCCESS_THRESHOLDS, score_benchmark
 from ct_ray.evaluation.sequence import track_sequence
 from ct_ray.models import OneStreamTracker, unwrap
 from ct_ray.orchestration import mlflow_runs
-from ct_ray.orchestration.data_pipeline import sample_dataset, to_device, worker_batches
+from ct_ray.orchestration.data_pipeline import SampleStream, to_device, worker_batches
 from ct_ray.orchestration.distributed_eval import evaluate_sequences
 from ct_ray.training.experiment import ExperimentConfig, LowPPlans
 from ct_ray.training.state import (
@@ -53,20 +57,45 @@ def epoch_seed(base: int, epoch: int, rank: int) -> int:
     return (base * 1_000_003 + epoch * 1_009 + rank) % 2**31
 
 
-def validate(tracker: OneStreamTracker, sequences, device: torch.device) -> tuple[dict[str, float], dict]:
-    """One-pass tracking of the validation sequences: in parallel Ray tasks on CPU, or in this process on its GPU
-    (the training worker holds the GPU). Returns AUC, precision, normalised precision and the success curve."""
+def validate(tracker: OneStreamTracker, sequences, device: torch.device, rank: int = 0,
+             world: int = 1) -> tuple[dict[str, float], dict] | None:
+    """One-pass tracking of the validation sequences, called on every rank. On GPUs each worker tracks every
+    ``world``-th sequence on its own device and rank 0 gathers the boxes; on CPUs rank 0 tracks them all in
+    parallel Ray tasks (the CPUs beside the training workers) while the others wait at the gather. Rank 0 returns
+    AUC, precision, normalised precision and the success curve; the other ranks None."""
     copy = OneStreamTracker(tracker.config)
     copy.load_state_dict({k: v.detach().cpu() for k, v in tracker.state_dict().items()})
     if device.type == "cuda":
-        results = {s.name: np.trunc(track_sequence(copy, s, device)[0]) for s in sequences}
+        mine = {s.name: np.trunc(track_sequence(copy, s, device)[0]) for s in sequences[rank::world]}
     else:
-        results = evaluate_sequences(copy, sequences, progress=False, description="validation")
+        mine = evaluate_sequences(copy, sequences, progress=False, description="validation") if rank == 0 else {}
+    parts = [mine]
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, mine)
+    if rank != 0:
+        return None
+    results = {name: boxes for part in parts for name, boxes in part.items()}
     score = score_benchmark(results, sequences)
     metrics = {"val_auc": score.auc, "val_precision": score.precision, "val_norm_precision": score.norm_precision,
                "val_op50": score.op50}
     return metrics, {"thresholds": SUCCESS_THRESHOLDS.tolist(), "success": score.success_curve.tolist(),
                      "auc": score.auc}
+
+
+def ignore_frozen_teacher(module: torch.nn.Module) -> list[str]:
+    """Tells DDP to leave the frozen teacher (``module.teacher``) alone: no broadcast of its weights at start, none of
+    its buffers every step, no gradient buckets for it; only the student and the projections are synchronised.
+    Returns the names ignored."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    teacher = getattr(module, "teacher", None)
+    if teacher is None:
+        return []
+    names = [f"teacher.{name}" for name, _ in teacher.named_parameters()]
+    names += [f"teacher.{name}" for name, _ in teacher.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
+    return names
 
 
 @dataclass
@@ -85,6 +114,7 @@ class Worker:
     best_score: float
     mlflow_uri: str | None
     mlflow_run_id: str | None
+    metrics_out: mlflow_runs.MetricBuffer | None = None
 
 
 def _set_up(loop_config: dict[str, Any]) -> Worker:
@@ -119,6 +149,8 @@ def _set_up(loop_config: dict[str, Any]) -> Worker:
         start_epoch, best_score = state["epoch"] + 1, state["best_score"]
         mlflow_run_id = state.get("mlflow_run_id") or mlflow_run_id
 
+    if world > 1:
+        ignore_frozen_teacher(module)
     model = ray.train.torch.prepare_model(
         module, parallel_strategy_kwargs={"find_unused_parameters": not config.is_teacher_run})
     sampler = None
@@ -127,14 +159,18 @@ def _set_up(loop_config: dict[str, Any]) -> Worker:
         sampler = PlanSampler(module.division.num_stages, seed=config.run.seed, single_stage_below=single_below)
     autocast = torch.bfloat16 if device.type == "cuda" and optim.bf16 else None
     step = TrainStep(model, config.kind, TrackingLoss(config.losses), optimizer, sampler, optim.grad_clip, autocast)
+    uri = loop_config.get("mlflow_uri")
+    buffer = mlflow_runs.MetricBuffer(uri, mlflow_run_id) if rank == 0 and uri and mlflow_run_id else None
     return Worker(config, rank, world, device, model, optimizer, scheduler, step, start_epoch, best_score,
-                  loop_config.get("mlflow_uri"), mlflow_run_id)
+                  uri, mlflow_run_id, buffer)
 
 
-def _train_epoch(worker: Worker, batches: Iterator[dict[str, np.ndarray]], epoch: int, steps: int
-                 ) -> dict[str, Any]:
-    """``steps`` optimisation steps; the loss terms averaged over steps and workers, throughput and plan shares."""
+def _train_epoch(worker: Worker, batches: Iterator[dict[str, np.ndarray]], epoch: int, steps: int,
+                 progress=None) -> dict[str, Any]:
+    """``steps`` optimisation steps; the loss terms averaged over steps and workers, throughput and plan shares.
+    Rank 0 tells the driver's progress bar how far it is (``progress``, at most once a second)."""
     config = worker.config
+    told = 0.0
     p = config.schedule.build()(epoch, config.run.epochs) if config.uses_replacement else 1.0
     worker.model.train()
     sums: dict[str, torch.Tensor] = {}
@@ -150,6 +186,10 @@ def _train_epoch(worker: Worker, batches: Iterator[dict[str, np.ndarray]], epoch
             sums[name] = sums.get(name, 0.0) + value.float()
         if plan is not None:
             plans[str(plan)] = plans.get(str(plan), 0) + 1
+        if progress is not None and worker.rank == 0 and (time.perf_counter() - told > 1.0 or i == steps - 1):
+            told = time.perf_counter()
+            progress.update.remote({"step": (epoch - 1) * steps + i + 1, "epoch": epoch, "p": p,
+                                    "loss": float(terms["total"])})
     elapsed = time.perf_counter() - started
     names = sorted(sums)
     averaged = torch.stack([sums[n] for n in names]) / steps
@@ -168,33 +208,36 @@ def _train_epoch(worker: Worker, batches: Iterator[dict[str, np.ndarray]], epoch
 
 
 def _report(worker: Worker, epoch: int, metrics: dict[str, Any], curve: dict | None, save: bool) -> None:
-    """Metrics into MLflow (rank 0), then ``ray.train.report`` on every rank, with a checkpoint when ``save``."""
-    if worker.rank == 0 and worker.mlflow_uri and worker.mlflow_run_id:
-        mlflow_runs.log_metrics(worker.mlflow_uri, worker.mlflow_run_id,
-                                {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+    """Metrics into MLflow (rank 0, buffered), then ``ray.train.report`` on every rank, with a checkpoint when
+    ``save``: written to a local folder and uploaded by Ray in the background (``CheckpointUploadMode.ASYNC``, which
+    removes the folder once uploaded), so that the workers go on with the next epoch meanwhile."""
+    if worker.metrics_out is not None:
+        worker.metrics_out.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
     if not save:
         ray.train.report(metrics)
         return
-    with tempfile.TemporaryDirectory() as folder:
-        report_checkpoint = None
-        if worker.rank == 0:
-            save_training_checkpoint(folder, worker.config, worker.model, worker.optimizer, worker.scheduler, epoch,
-                                     worker.best_score, worker.mlflow_run_id, trained_tracker(worker.model),
-                                     val_auc=metrics.get("val_auc"), validation_curve=curve)
-            report_checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=report_checkpoint)
+    report_checkpoint = None
+    if worker.rank == 0:
+        folder = tempfile.mkdtemp(prefix=f"ct-ray-checkpoint-{epoch:04d}-")
+        save_training_checkpoint(folder, worker.config, worker.model, worker.optimizer, worker.scheduler, epoch,
+                                 worker.best_score, worker.mlflow_run_id, trained_tracker(worker.model),
+                                 val_auc=metrics.get("val_auc"), validation_curve=curve)
+        report_checkpoint = ray.train.Checkpoint.from_directory(folder)
+    ray.train.report(metrics, checkpoint=report_checkpoint,
+                     checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     worker = _set_up(loop_config)
     config, steps = worker.config, loop_config["steps_per_epoch"]
     rows = steps * config.data.batch_size
-    dataset = sample_dataset(loop_config["source"], loop_config["settings"], worker.start_epoch, config.run.epochs,
-                             worker.rank, worker.world, rows, loop_config.get("drop_counter"))
-    batches = worker_batches(dataset, config.data.batch_size, steps, config.data.shuffle_buffer, config.run.seed,
+    stream = SampleStream(loop_config["source"], loop_config["settings"], worker.start_epoch, config.run.epochs,
+                          worker.rank, worker.world, rows, loop_config.get("drop_counter"),
+                          tasks=config.data.sample_tasks)
+    batches = worker_batches(stream, config.data.batch_size, steps, config.data.shuffle_buffer, config.run.seed,
                              worker.rank)
     val_sequences = None
-    if worker.rank == 0 and config.data.val_dataset:
+    if config.data.val_dataset:
         val_sequences = load_dataset(config.data.val_dataset, split=config.data.val_split).sequences
         if config.data.val_max_sequences:
             val_sequences = val_sequences[:config.data.val_max_sequences]
@@ -202,16 +245,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for epoch in range(worker.start_epoch, config.run.epochs + 1):
         torch.manual_seed(epoch_seed(config.run.seed, epoch, worker.rank))
-        metrics = _train_epoch(worker, batches.epoch(epoch), epoch, steps)
+        metrics = _train_epoch(worker, batches.epoch(epoch), epoch, steps, loop_config.get("progress"))
         validation_epoch = bool(config.data.val_dataset) and (epoch % config.run.validate_every == 0
                                                               or epoch == config.run.epochs)
         curve = None
-        if validation_epoch and worker.rank == 0:
-            scores, curve = validate(trained_tracker(worker.model), val_sequences, worker.device)
-            metrics.update(scores)
-            worker.best_score = max(worker.best_score, metrics["val_auc"])
+        if validation_epoch:
+            validated = validate(trained_tracker(worker.model), val_sequences, worker.device, worker.rank,
+                                 worker.world)
+            if validated is not None:
+                scores, curve = validated
+                metrics.update(scores)
+                worker.best_score = max(worker.best_score, metrics["val_auc"])
+                if loop_config.get("progress") is not None:
+                    loop_config["progress"].update.remote({"val_auc": metrics["val_auc"]})
         metrics["checkpoint_score"] = metrics.get("val_auc", -1.0)
         save = epoch % config.run.checkpoint_every == 0 or epoch == config.run.epochs or validation_epoch
         _report(worker, epoch, metrics, curve, save)
+    if worker.metrics_out is not None:
+        unsent = worker.metrics_out.close()
+        if unsent:
+            print(f"MLflow: {unsent} epochs of metrics could not be sent to {worker.mlflow_uri}; they are in Ray's "
+                  "results of the run")
     return {**metrics, "best_val_auc": worker.best_score if worker.best_score > -math.inf else None,
             "mlflow_run_id": worker.mlflow_run_id}

@@ -8,10 +8,13 @@ speed-accuracy Pareto table and chart and the best config per student depth, rea
 """
 from __future__ import annotations
 
+import contextlib
+
 import csv
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,10 +24,19 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from ct_ray.orchestration import mlflow_runs
+from ct_ray.errors import MissingFileError
+from ct_ray.fileio import Location
+from ct_ray.orchestration import console, mlflow_runs
 from ct_ray.config import flatten, to_dict
 from ct_ray.models import load_tracker
-from ct_ray.training.search_space import SearchConfig, grid_points, parse_space, total_trials, trial_config
+from ct_ray.training.search_space import (
+    SearchConfig,
+    grid_points,
+    parse_space,
+    total_trials,
+    trial_concurrency,
+    trial_config,
+)
 
 log = logging.getLogger("ct_ray.search")
 SPEC_KEY = "__ct_ray_search__"
@@ -96,13 +108,13 @@ class TrialSummary:
     pareto: bool = False
 
 
-def _tracker_of(trials_path: Path, trial_id: str) -> Path | None:
-    folder = trials_path / f"trial-{trial_id}"
-    final = folder / "final_tracker.pt"
+def _tracker_of(trials: Location, trial_id: str) -> Location | None:
+    folder = trials.child(f"trial-{trial_id}")
+    final = folder.child("final_tracker.pt")
     if final.is_file():
         return final
-    checkpoints = sorted(folder.glob("checkpoint_*/tracker.pt"))
-    return checkpoints[-1] if checkpoints else None
+    checkpoints = sorted(entry for entry in (e.name for e in folder.list()) if entry.startswith("checkpoint_"))
+    return folder.child(checkpoints[-1], "tracker.pt") if checkpoints else None
 
 
 def pareto_front(summaries: list[TrialSummary]) -> None:
@@ -113,31 +125,37 @@ def pareto_front(summaries: list[TrialSummary]) -> None:
                            for o in scored)
 
 
-def summarise(results, search: SearchConfig, trials_path: Path, profile: bool = True) -> list[TrialSummary]:
-    from ct_ray.tracking.speed import profile_tracker
+def summarise(results, search: SearchConfig, trials: Location, profile: bool = True,
+              use_gpu: bool = False) -> list[TrialSummary]:
+    """One summary per trial: its values, depth, division, best validation AUC and tracking FPS. The FPS is
+    measured one trial at a time on the device kind the trials trained on (a GPU task when they used GPUs)."""
+    from ct_ray.orchestration.study import measure_speed
 
     summaries = []
-    for result in results:
-        if result.config is None:
-            continue
-        values = _flatten_grid({k: v for k, v in result.config.items() if k != SPEC_KEY})
-        trial_id = result.metrics.get("trial_id") if result.metrics else None
-        trial_id = trial_id or Path(result.path).name.split("_")[-1]
-        frame = result.metrics_dataframe
-        auc = None
-        if frame is not None and search.tune.metric in frame:
-            column = frame[search.tune.metric].dropna()
-            if len(column):
-                auc = float(column.max() if search.tune.mode == "max" else column.min())
-        tracker_path = _tracker_of(trials_path, trial_id)
-        fps, depth, division = None, 0, []
-        if tracker_path is not None:
-            model, meta = load_tracker(tracker_path)
-            depth, division = len(model.blocks), list(meta.get("teacher_stages", []))
-            if profile:
-                fps = profile_tracker(model, iterations=search.tune.profile_iterations, warmup=3).tracking_fps
-        summaries.append(TrialSummary(trial_id, values, depth, division, auc, fps,
-                                      str(tracker_path) if tracker_path else None))
+    with tempfile.TemporaryDirectory(prefix="ct-ray-pareto-") as folder:
+        for result in results:
+            if result.config is None:
+                continue
+            values = _flatten_grid({k: v for k, v in result.config.items() if k != SPEC_KEY})
+            trial_id = result.metrics.get("trial_id") if result.metrics else None
+            trial_id = trial_id or Path(result.path).name.split("_")[-1]
+            frame = result.metrics_dataframe
+            auc = None
+            if frame is not None and search.tune.metric in frame:
+                column = frame[search.tune.metric].dropna()
+                if len(column):
+                    auc = float(column.max() if search.tune.mode == "max" else column.min())
+            tracker = _tracker_of(trials, trial_id)
+            fps, depth, division = None, 0, []
+            if tracker is not None:
+                local = tracker.download(Path(folder) / f"{trial_id}.pt")
+                model, meta = load_tracker(local)
+                depth, division = len(model.blocks), list(meta.get("teacher_stages", []))
+                if profile:
+                    fps = 1000.0 / measure_speed(str(local), use_gpu, iterations=search.tune.profile_iterations,
+                                                 warmup=3)
+            summaries.append(TrialSummary(trial_id, values, depth, division, auc, fps,
+                                          tracker.uri if tracker else None))
     pareto_front(summaries)
     return sorted(summaries, key=lambda s: (s.depth, -(s.auc or -1)))
 
@@ -182,40 +200,56 @@ def format_table(summaries: list[TrialSummary]) -> str:
     return "\n".join(lines)
 
 
+def cluster_capacity() -> dict[str, float]:
+    """The most the cluster can hold: the autoscaler's maximum when it has one, else what is there now."""
+    import ray
+
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001  (no autoscaler config: a fixed or local cluster)
+        most = None
+    return {k: float(v) for k, v in (most or ray.cluster_resources()).items()}
+
+
 def run_search(search: SearchConfig, resume: bool = False, ray_address: str | None = None,
                progress: bool = True, tune_callbacks: list | None = None) -> tuple[list[TrialSummary], dict[str, Any]]:
     """Runs (or with ``resume`` continues) the search; returns the trial summaries and the report's files."""
     from ct_ray.orchestration.cluster import init_ray
     from ct_ray.orchestration.train_launcher import bootstrap_teacher, prepare_data
 
-    storage = Path(search.tune.storage_path).resolve()
-    search_dir = storage / search.tune.name
-    trials_path = search_dir / "trials"
+    root = Location.of(search.tune.storage_path)
+    search_dir = root.child(search.tune.name).mkdirs()
+    trials = search_dir.child("trials")
     uri = mlflow_runs.resolve_tracking_uri(search.mlflow.tracking_uri) if search.mlflow.enabled else None
     if uri:
         mlflow_runs.check_reachable(uri)
+    base = trial_config(search, {}).absolute()
+    console.log_to(Path(search_dir.path) / "ray.log" if search_dir.is_local
+                   else Path.home() / ".cache" / "ct-ray" / "logs" / f"{search.tune.name}.log")
     init_ray(ray_address)
-    search_dir.mkdir(parents=True, exist_ok=True)
+    concurrency = trial_concurrency(base, search.tune, cluster_capacity())
     parent = None
     if uri:
         parent = mlflow_runs.TrackedRun.open(
-            uri, search_dir / "ct_ray_search.json", search.mlflow.experiment, search.tune.name,
+            uri, search_dir.child("ct_ray_search.json"), search.mlflow.experiment, search.tune.name,
             flatten({"search": search.search, "tune": to_dict(search.tune)}),
             {"kind": "search", "base_config": search.base, "trials": total_trials(search),
-             **mlflow_runs.environment_tags()})
-    base = trial_config(search, {}).absolute()
+             "concurrent_trials": concurrency, **mlflow_runs.environment_tags()})
     # Shared inputs are made once here, not by concurrent trials: a missing teacher, missing synthetic data.
     bootstrap_teacher(base)
     prepare_data(base)
-    spec = {"search": to_dict(search), "trials_path": str(trials_path), "cwd": str(Path.cwd()), "mlflow_uri": uri,
+    spec = {"search": to_dict(search), "trials_path": trials.uri, "cwd": str(Path.cwd()), "mlflow_uri": uri,
             "parent_run_id": parent.run_id if parent else None, "base_storage": base.run.storage_path}
     function = tune.with_resources(_grid_trial, {"cpu": 0.01})
-    if resume and tune.Tuner.can_restore(str(search_dir)):
-        tuner = tune.Tuner.restore(str(search_dir), trainable=function, resume_unfinished=True,
-                                   resume_errored=True)
+    storage = {"storage_filesystem": None if root.is_local else root.fs}
+    if resume and tune.Tuner.can_restore(search_dir.path, **storage):
+        tuner = tune.Tuner.restore(search_dir.path, trainable=function, resume_unfinished=True,
+                                   resume_errored=True, **storage)
     else:
         if resume:
-            raise FileNotFoundError(f"--resume: no search to continue at {search_dir}")
+            raise MissingFileError(f"--resume: no search to continue at {search_dir}")
         scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=search.tune.grace_period,
                                   reduction_factor=search.tune.reduction_factor,
                                   max_t=max(1, base.run.epochs // base.run.validate_every + 1))
@@ -223,27 +257,24 @@ def run_search(search: SearchConfig, resume: bool = False, ray_address: str | No
             function,
             param_space=_param_space(search, spec),
             tune_config=tune.TuneConfig(metric=search.tune.metric, mode=search.tune.mode, scheduler=scheduler,
-                                        num_samples=search.tune.num_samples,
-                                        max_concurrent_trials=search.tune.max_concurrent_trials),
-            run_config=tune.RunConfig(name=search.tune.name, storage_path=str(storage),
-                                      callbacks=tune_callbacks,
-                                      verbose=1 if progress else 0),
+                                        num_samples=search.tune.num_samples, max_concurrent_trials=concurrency),
+            run_config=tune.RunConfig(name=search.tune.name, storage_path=root.path, callbacks=tune_callbacks,
+                                      verbose=1 if progress and console.verbose() else 0, **storage),
         )
-    try:
+    with parent if parent is not None else contextlib.nullcontext():  # FINISHED, or FAILED on any error
         grid = tuner.fit()
-        summaries = summarise(grid, search, trials_path)
-        files = write_report(summaries, search, search_dir / "report")
-        if parent is not None:
+        summaries = summarise(grid, search, trials, use_gpu=base.scaling.use_gpu)
+        with tempfile.TemporaryDirectory(prefix="ct-ray-report-") as folder:
+            files = write_report(summaries, search, Path(folder))
+            report = search_dir.child("report")
             for path in files.values():
-                mlflow_runs.log_artifact(uri, parent.run_id, path, "search")
-            _close_nested_runs(uri, parent.run_id)
-    except BaseException:
+                report.child(path.name).upload(path)
+                if parent is not None:
+                    mlflow_runs.log_artifact(uri, parent.run_id, path, "search")
+            files = {name: report.child(path.name).uri for name, path in files.items()}
         if parent is not None:
-            parent.fail()
-        raise
-    if parent is not None:
-        parent.finish()
-    return summaries, {k: str(v) for k, v in files.items()}
+            _close_nested_runs(uri, parent.run_id)
+    return summaries, files
 
 
 def _close_nested_runs(uri: str, parent: str) -> None:

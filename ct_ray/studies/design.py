@@ -42,8 +42,16 @@ class EvaluationSection:
     heldout_sequences: int = 0
     cpus_per_task: float = 1.0
     use_gpu: bool = False
+    deploy_runtime: str | None = None
+    """With a runtime label (``onnxruntime``, ``onnxruntime-cpu-int8``, ``compile``): the first arm's trackers are
+    also scored and timed through it, and the table gets its AUC and FPS columns."""
 
     def __post_init__(self) -> None:
+        if self.deploy_runtime is not None:
+            from ct_ray.tracking.runtimes import RuntimeSpec
+
+            if RuntimeSpec.parse(self.deploy_runtime).name == "torch":
+                raise ValueError("deploy_runtime: torch is what every tracker is scored on; name another runtime")
         if isinstance(self.heldout_sequences, bool) or not isinstance(self.heldout_sequences, int) \
                 or self.heldout_sequences < 0:
             raise ValueError(f"heldout_sequences must be an integer >= 0, got {self.heldout_sequences!r}")

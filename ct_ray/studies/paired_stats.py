@@ -27,6 +27,9 @@ class TrackerResult:
     mlflow_run_id: str | None
     train_s: float | None = None
     sequence_auc: dict[str, float] = field(default_factory=dict)
+    success_curve: list[float] = field(default_factory=list)  # the 21 thresholds of METHOD.md section 8
+    precision_curve: list[float] = field(default_factory=list)  # 0 .. 50 px
+    deployed: dict[str, Any] | None = None  # {"runtime", "auc", "tracking_ms"} through evaluation.deploy_runtime
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,20 @@ def paired_difference(reference: Sequence[TrackerResult], other: Sequence[Tracke
     return Difference(float(per_sequence.mean()), float(low), float(high), len(names), len(pairs))
 
 
+def gap_to(results: Sequence[TrackerResult], single: TrackerResult, resamples: int = 10_000,
+           seed: int = 0) -> Difference | None:
+    """``single``'s AUC minus the seed-mean AUC of ``results``, paired by test sequence, with the same bootstrap
+    interval as ``paired_difference`` (e.g. the teacher against the student trained alone: the accuracy that
+    compression has to keep). None with fewer than two shared sequences."""
+    names = sorted(set(single.sequence_auc).intersection(*(set(r.sequence_auc) for r in results))) if results else []
+    if len(names) < 2:
+        return None
+    per_sequence = np.array([single.sequence_auc[n] - np.mean([r.sequence_auc[n] for r in results]) for n in names])
+    draws = np.random.default_rng(seed).integers(0, len(names), size=(resamples, len(names)))
+    low, high = np.percentile(per_sequence[draws].mean(axis=1), [2.5, 97.5])
+    return Difference(float(per_sequence.mean()), float(low), float(high), len(names), len(results))
+
+
 @dataclass
 class Row:
     """One table row: an arm's results over its seeds (mean and sample standard deviation)."""
@@ -78,6 +95,9 @@ class Row:
     flops_ratio: float | None
     retention: tuple[float, float] | None
     delta: Difference | None = None
+    deployed_runtime: str | None = None
+    deployed_auc: tuple[float, float] | None = None
+    deployed_fps: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "depth": self.depth, "seeds": self.seeds,
@@ -89,7 +109,11 @@ class Row:
                 "auc_retention_std": self.retention[1] if self.retention else None,
                 "auc_delta": self.delta.mean if self.delta else None,
                 "auc_delta_low": self.delta.low if self.delta else None,
-                "auc_delta_high": self.delta.high if self.delta else None}
+                "auc_delta_high": self.delta.high if self.delta else None,
+                "deployed_runtime": self.deployed_runtime,
+                "deployed_auc_mean": self.deployed_auc[0] if self.deployed_auc else None,
+                "deployed_auc_std": self.deployed_auc[1] if self.deployed_auc else None,
+                "deployed_fps": self.deployed_fps}
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -105,7 +129,11 @@ def summarise(teacher: TrackerResult, arms: dict[str, list[TrackerResult]]) -> l
 
     def row(label: str, results: list[TrackerResult], is_teacher: bool) -> Row:
         ms = statistics.fmean(r.tracking_ms for r in results)
-        return Row(label=label, depth=results[0].depth, seeds=[r.seed for r in results],
+        deployed = [r.deployed for r in results if r.deployed]
+        extra = {} if len(deployed) != len(results) else {
+            "deployed_runtime": deployed[0]["runtime"], "deployed_auc": _mean_std([d["auc"] for d in deployed]),
+            "deployed_fps": 1000.0 / statistics.fmean(d["tracking_ms"] for d in deployed)}
+        return Row(**extra, label=label, depth=results[0].depth, seeds=[r.seed for r in results],
                    auc=_mean_std([r.auc for r in results]), precision=_mean_std([r.precision for r in results]),
                    norm_precision=_mean_std([r.norm_precision for r in results]), fps=1000.0 / ms,
                    speed_up=None if is_teacher else teacher.tracking_ms / ms,

@@ -18,13 +18,20 @@ def table_cells(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     reference = rows[1].label if len(rows) > 1 else "the first arm"
     header = ["tracker", "blocks", "seeds", "AUC", "precision", "norm. precision", "FPS", "speed-up", "FLOPs ratio",
               "AUC retention %", f"AUC vs {reference} [95% CI]"]
+    runtime = next((r.deployed_runtime for r in rows if r.deployed_runtime), None)
+    if runtime:  # the deployed runtime's columns (evaluation.deploy_runtime), beside PyTorch's AUC and FPS
+        header += [f"AUC ({runtime})", f"FPS ({runtime})"]
     body = []
     for r in rows:
         n = len(r.seeds)
-        body.append([r.label, str(r.depth), str(n), _pm(r.auc, n), _pm(r.precision, n), _pm(r.norm_precision, n),
-                     f"{r.fps:.0f}", "-" if r.speed_up is None else f"{r.speed_up:.2f}x",
-                     "-" if r.flops_ratio is None else f"{r.flops_ratio:.2f}x",
-                     "-" if r.retention is None else _pm(r.retention, n), _delta(r.delta)])
+        cells = [r.label, str(r.depth), str(n), _pm(r.auc, n), _pm(r.precision, n), _pm(r.norm_precision, n),
+                 f"{r.fps:.0f}", "-" if r.speed_up is None else f"{r.speed_up:.2f}x",
+                 "-" if r.flops_ratio is None else f"{r.flops_ratio:.2f}x",
+                 "-" if r.retention is None else _pm(r.retention, n), _delta(r.delta)]
+        if runtime:
+            cells += ["-" if r.deployed_auc is None else _pm(r.deployed_auc, n),
+                      "-" if r.deployed_fps is None else f"{r.deployed_fps:.0f}"]
+        body.append(cells)
     return header, body
 
 
@@ -38,11 +45,28 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def format_markdown(rows: list[Row]) -> str:
+def format_markdown(rows: list[Row], notes: list[str] = ()) -> str:
     header, body = table_cells(rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(line) + " |" for line in body]
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
     return "\n".join(lines)
+
+
+def gap_note(gap: Difference | None, label: str = "student only") -> str | None:
+    """The line under the table that names the gap compression has to keep."""
+    if gap is None:
+        return None
+    return (f"teacher - {label} (same student budget): {gap.mean:+.1f} AUC [{gap.low:+.1f}, {gap.high:+.1f}] over "
+            f"{gap.sequences} test sequences: the accuracy that compression has to keep")
+
+
+def train_gap_note(train_auc: float | None, test_auc: float, sequences: int) -> str | None:
+    if train_auc is None:
+        return None
+    return (f"teacher on {sequences} of its training sequences: AUC {train_auc:.1f}, on the test sequences "
+            f"{test_auc:.1f} (train - test {train_auc - test_auc:+.1f})")
 
 
 def row_metrics(rows: list[Row]) -> dict[str, float]:
@@ -56,6 +80,10 @@ def row_metrics(rows: list[Row]) -> dict[str, float]:
             metrics[f"{name}_auc_retention"] = row.retention[0]
         if row.delta is not None:
             metrics[f"{name}_auc_delta"] = row.delta.mean
+        if row.deployed_auc is not None:
+            runtime = row.deployed_runtime.replace("-", "_")
+            metrics[f"{name}_{runtime}_auc"] = row.deployed_auc[0]
+            metrics[f"{name}_{runtime}_fps"] = row.deployed_fps
     return metrics
 
 

@@ -12,7 +12,9 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from ct_ray.data.checks import box_problems
 from ct_ray.data.readers import read_box_file
+from ct_ray.errors import InputError
 from ct_ray.data.sequences import FrameReadError, read_frame
 from ct_ray.fileio import atomic_path
 from ct_ray.models.one_stream import OneStreamTracker
@@ -49,6 +51,17 @@ def sequence_frames(folder: str | os.PathLike) -> tuple[list[Path], np.ndarray |
     return paths, read_box_file(truth, allow_nan=True) if truth.is_file() else None
 
 
+def check_initial_box(box, shape: tuple[int, ...]) -> None:
+    """The first frame's box must show the target: finite, of positive size, overlapping the ``(H, W)`` frame."""
+    values = np.asarray(box, dtype=np.float64).reshape(-1)
+    if values.shape != (4,) or not np.isfinite(values).all() or values[2] <= 0 or values[3] <= 0:
+        raise InputError(f"the initial box {list(values)} is not a box with a positive width and height")
+    outside, _ = box_problems(values[None], shape[0], shape[1])
+    if outside[0]:
+        raise InputError(f"the initial box (x, y, w, h) = {tuple(float(v) for v in values)} lies outside the first "
+                         f"frame ({shape[1]} x {shape[0]} px)")
+
+
 def _draw(frame: np.ndarray, box, colour, label: str) -> None:
     x, y, w, h = (int(round(v)) for v in box)
     cv2.rectangle(frame, (x, y), (x + w, y + h), colour, 2)
@@ -66,6 +79,7 @@ def render_demo(model: OneStreamTracker, frames, init_box, out: str | os.PathLik
         try:
             for index, frame in enumerate(frames):
                 if index == 0:
+                    check_initial_box(init_box, frame.shape)
                     tracker.initialize(frame, init_box)
                     box = np.asarray(init_box, dtype=np.float64)
                 else:
@@ -97,6 +111,6 @@ def render_sequence_demo(model: OneStreamTracker, folder: str | os.PathLike, out
     paths, truth = sequence_frames(folder)
     if init_box is None:
         if truth is None or not np.isfinite(truth[0]).all():
-            raise ValueError(f"{folder}: no groundtruth.txt first box; give --init-box x,y,w,h")
+            raise InputError(f"{folder}: no groundtruth.txt first box; give --init-box x,y,w,h")
         init_box = truth[0]
     return render_demo(model, (read_frame(p) for p in paths), init_box, out, fps, truth, device)

@@ -56,40 +56,106 @@ def _require_onnx():
     return onnx
 
 
-def _export(wrapper: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, opset: int) -> None:
-    options = {}
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        options["dynamo"] = False  # the TorchScript exporter: no onnxscript dependency, one self-contained file
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, inputs, str(path), input_names=list(INPUT_NAMES),
-                          output_names=list(OUTPUT_NAMES), opset_version=opset, do_constant_folding=True, **options)
+def _export(module: nn.Module, model: OneStreamTracker, inputs: tuple, names: list[str], outputs: list[str],
+            path: Path, opset: int) -> None:
+    """``torch.onnx.export`` of ``module`` (the TorchScript exporter: no onnxscript dependency, one self-contained
+    file). The fused attention kernel is exported when the exporter accepts it; otherwise the exact-math attention
+    path of ``model`` (``set_fused_attention(False)``, same numbers) is exported instead."""
+    options = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+
+    def run() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, inputs, str(path), input_names=names, output_names=outputs,
+                              opset_version=opset, do_constant_folding=True, **options)
+
+    fused = [getattr(block.attn, "fused_attn", None) for block in model.blocks]
+    try:
+        run()
+    except Exception:  # noqa: BLE001  (any exporter failure: retry on the exact-math attention path)
+        model.set_fused_attention(False)
+        try:
+            run()
+        finally:
+            for block, flag in zip(model.blocks, fused):
+                if flag is not None:
+                    block.attn.fused_attn = flag
 
 
 def export_onnx(model: OneStreamTracker, path: str | Path, opset: int = 17) -> Path:
     """Writes the ONNX graph of ``model``'s forward to ``path`` (atomically) and checks it with ``onnx.checker``.
 
-    The fused attention kernel is exported when the exporter accepts it; otherwise the exact-math attention path
-    (``set_fused_attention(False)``, same numbers) is exported instead. The model ends on the CPU in eval mode."""
+    The model ends on the CPU in eval mode."""
     onnx = _require_onnx()
     model = model.cpu().eval()
     wrapper = _ForwardOutputs(model).eval()
     inputs = example_inputs(model)
     path = Path(path)
-    fused = [getattr(block.attn, "fused_attn", None) for block in model.blocks]
     with atomic_path(path) as tmp:
-        try:
-            _export(wrapper, inputs, tmp, opset)
-        except Exception:  # noqa: BLE001  (any exporter failure: retry on the exact-math attention path)
-            model.set_fused_attention(False)
-            try:
-                _export(wrapper, inputs, tmp, opset)
-            finally:
-                for block, flag in zip(model.blocks, fused):
-                    if flag is not None:
-                        block.attn.fused_attn = flag
+        _export(wrapper, model, inputs, list(INPUT_NAMES), list(OUTPUT_NAMES), tmp, opset)
         onnx.checker.check_model(str(tmp))
     return path
+
+
+class _TemplateGraph(nn.Module):
+    def __init__(self, model: OneStreamTracker) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, template: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_template(template)
+
+
+class _SearchGraph(nn.Module):
+    def __init__(self, model: OneStreamTracker) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, template_tokens: torch.Tensor, search: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model.forward_with_template_tokens(template_tokens, search)
+        return out["score_map"], out["size_map"], out["offset_map"]
+
+
+def export_tracking_graphs(model: OneStreamTracker, folder: str | Path, int8: bool = False,
+                           opset: int = 17) -> tuple[Path, Path]:
+    """The two graphs the online tracker runs on ONNX Runtime: ``template.onnx`` (template crop -> template tokens,
+    once per sequence) and ``search.onnx`` (template tokens and search crop -> score, size and offset maps, every
+    frame), with the model's crop sizes; with ``int8`` the search graph's weights are quantised (dynamic int8).
+    Written atomically into ``folder`` and reused when already there."""
+    onnx = _require_onnx()
+    folder = Path(folder)
+    template_path, search_path = folder / "template.onnx", folder / ("search_int8.onnx" if int8 else "search.onnx")
+    if template_path.is_file() and search_path.is_file():
+        return template_path, search_path
+    model = model.cpu().eval()
+    template, search = example_inputs(model)
+    with torch.inference_mode():
+        tokens = model.embed_template(template)
+    for module, inputs, names, outputs, path in (
+            (_TemplateGraph(model).eval(), (template,), ["template"], ["template_tokens"], template_path),
+            (_SearchGraph(model).eval(), (tokens.clone(), search), ["template_tokens", "search"],
+             ["score_map", "size_map", "offset_map"], folder / "search.onnx")):
+        if path.is_file():
+            continue
+        with atomic_path(path) as tmp:
+            _export(module, model, inputs, names, outputs, tmp, opset)
+            onnx.checker.check_model(str(tmp))
+    if int8 and not search_path.is_file():
+        try:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+        except ImportError:
+            raise ExportUnavailableError(EXTRA_HINT) from None
+        import logging
+
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantiser's advice to pre-process, logged on the root logger
+        try:
+            with atomic_path(search_path) as tmp:
+                quantize_dynamic(str(folder / "search.onnx"), str(tmp), weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+    return template_path, search_path
 
 
 @dataclass(frozen=True)

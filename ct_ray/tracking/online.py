@@ -26,6 +26,7 @@ from torch import nn
 from ct_ray.boxes import cxcywh_to_xywh
 from ct_ray.crop import CropWindow, crop, crop_around, crop_window, normalize_crops
 from ct_ray.models.one_stream import decode_boxes
+from ct_ray.tracking.runtimes import NetworkRuntime, TorchRuntime
 
 __all__ = ["OnlineTracker", "clip_box", "hann2d", "run_sequence"]
 
@@ -76,12 +77,17 @@ class OnlineTracker:
     ``score_map``/``size_map``/``offset_map`` (see :mod:`ct_ray.models`). The model is moved to ``device`` and put in
     eval mode. Per frame the work is: one crop on the host, one host->device copy of the uint8 crop, normalisation on
     the device, one network pass on the cached template tokens, the Hann-windowed decode and one 4-value copy back.
+
+    ``runtime`` runs the network (default: PyTorch eager on ``device``; see :mod:`ct_ray.tracking.runtimes` for
+    ``torch.compile`` and ONNX Runtime); the crop, window, decode and map back are the same for every runtime.
     """
 
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu", template_factor: float | None = None,
-                 search_factor: float | None = None, margin: float = 10) -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+                 search_factor: float | None = None, margin: float = 10,
+                 runtime: NetworkRuntime | None = None) -> None:
+        self.runtime = runtime if runtime is not None else TorchRuntime(model, device)
+        self.device = self.runtime.device
+        self.model = model.eval()
         self.template_size = int(model.config.template_size)
         self.search_size = int(model.config.search_size)
         self.feat_size = int(model.feat_size)
@@ -90,7 +96,8 @@ class OnlineTracker:
         self.search_factor = float(search_factor or getattr(model.config, "search_factor", 4.0))
         self.margin = margin
         param = next(iter(model.parameters()), None)
-        self.dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        self.dtype = (param.dtype if isinstance(self.runtime, TorchRuntime) and param is not None
+                      and param.is_floating_point() else torch.float32)
         self.window = hann2d(self.feat_size, dtype=torch.float32, device=self.device).view(
             1, 1, self.feat_size, self.feat_size)
         self.template_tokens: torch.Tensor | None = None
@@ -106,7 +113,7 @@ class OnlineTracker:
         """Start a sequence on ``frame`` (HxWx3 uint8 RGB) with the target box (image xywh)."""
         _check_frame(frame)
         template, _ = crop_around(frame, box_xywh, self.template_factor, self.template_size)
-        self.template_tokens = self.model.embed_template(self._to_input(template))
+        self.template_tokens = self.runtime.embed_template(self._to_input(template))
         if isinstance(box_xywh, torch.Tensor):
             box_xywh = box_xywh.detach().to("cpu", torch.float64).numpy()
         self.state = np.array(box_xywh, dtype=np.float64).reshape(4)
@@ -121,7 +128,7 @@ class OnlineTracker:
         height, width = frame.shape[:2]
         window = crop_window(self.state, self.search_factor, self.search_size)
         search = crop(frame, window)
-        out = self.model.forward_with_template_tokens(self.template_tokens, self._to_input(search))
+        out = self.runtime.track(self.template_tokens, self._to_input(search))
         score = out["score_map"] * self.window
         box = decode_boxes(score, out["size_map"], out["offset_map"])[0]
         box_crop = cxcywh_to_xywh(box.to("cpu", torch.float64).numpy() * self.search_size)

@@ -1,8 +1,11 @@
 """Speed and size of a tracker: parameters, FLOPs, network-only latency and whole-tracking-step latency (batch 1).
 
 Published tracker speeds are network-only; the tracking step adds the crop, the host-to-device copy, the Hann
-window and the decode. Both are measured after a warm-up, with the device, threads, dtype and torch version beside
-them so that a figure can be compared with another.
+window and the decode. Three latencies are measured after a warm-up: ``forward_ms``, PyTorch eager's whole forward
+(template and search crops, what papers report); ``network_ms``, the runtime's per-frame network call on cached
+template tokens (what the tracker runs every frame); ``tracking_step_ms``, the whole tracking step through that
+runtime. The device, threads, dtype, runtime and library versions stand beside them, so that a figure can be
+compared with another.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ct_ray.models.one_stream import OneStreamTracker, count_parameters
-from ct_ray.tracking import OnlineTracker
+from ct_ray.tracking.online import OnlineTracker
+from ct_ray.tracking.runtimes import PreparedRuntime, RuntimeSpec, prepare_runtime
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,9 @@ class SpeedProfile:
     threads: int
     dtype: str
     torch_version: str
+    runtime: str = "torch"
+    network_ms: float = 0.0
+    libraries: str = ""
 
     @property
     def forward_fps(self) -> float:
@@ -95,23 +102,47 @@ def _moving_target_frames(count: int, height: int = 360, width: int = 480, seed:
     return frames, boxes
 
 
+def library_versions(runtime: RuntimeSpec) -> str:
+    """``torch x``; with ONNX Runtime also ``onnxruntime y``."""
+    versions = [f"torch {torch.__version__}"]
+    if runtime.name == "onnxruntime":
+        import onnxruntime
+
+        versions.append(f"onnxruntime {onnxruntime.__version__}")
+    return ", ".join(versions)
+
+
 def profile_tracker(model: OneStreamTracker, device: str | torch.device = "cpu", iterations: int = 30,
-                    warmup: int = 5, autocast_dtype: torch.dtype | None = None) -> SpeedProfile:
-    """Parameters, FLOPs and median latencies (network forward; whole tracking step) at batch 1."""
+                    warmup: int = 5, autocast_dtype: torch.dtype | None = None,
+                    runtime: PreparedRuntime | RuntimeSpec | str | None = None) -> SpeedProfile:
+    """Parameters, FLOPs and median latencies at batch 1: PyTorch eager's forward, and the network call and whole
+    tracking step of ``runtime`` (default PyTorch eager; see the module docstring)."""
     device = torch.device(device)
+    prepared = runtime if isinstance(runtime, PreparedRuntime) else prepare_runtime(model, runtime or "torch")
+    spec = prepared.spec
     model = model.to(device).eval()
     flops = count_flops(model)
     template, search = _dummy_inputs(model, device)
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else torch.autocast(device.type, enabled=False))
+                and spec.name != "onnxruntime" else torch.autocast(device.type, enabled=False))
 
     def forward():
         with torch.inference_mode(), autocast:
             model(template, search)
 
     forward_ms = _median_ms(forward, device, iterations, warmup)
+    network = prepared.open(model, device)
+    with torch.inference_mode(), autocast:
+        tokens = network.embed_template(template.to(network.device))
+    search_input = search.to(network.device)
+
+    def network_call():
+        with torch.inference_mode(), autocast:
+            network.track(tokens, search_input)
+
+    network_ms = _median_ms(network_call, device, iterations, warmup)
     frames, boxes = _moving_target_frames(iterations + warmup + 1)
-    tracker = OnlineTracker(model, device=device)
+    tracker = OnlineTracker(model, device=device, runtime=network)
     tracker.initialize(frames[0], boxes[0])
     cursor = iter(frames[1:])
 
@@ -120,10 +151,13 @@ def profile_tracker(model: OneStreamTracker, device: str | torch.device = "cpu",
             tracker.track(next(cursor))
 
     step_ms = _median_ms(step, device, iterations, warmup)
-    dtype = str(autocast_dtype or next(model.parameters()).dtype).replace("torch.", "")
+    dtype = "float32" if spec.name == "onnxruntime" else str(autocast_dtype or next(model.parameters()).dtype)
+    if spec.int8:
+        dtype = "int8 weights (dynamic)"
     return SpeedProfile(params=count_parameters(model), flops=flops, forward_ms=forward_ms,
                         tracking_step_ms=step_ms, device=_device_name(device), threads=torch.get_num_threads(),
-                        dtype=dtype, torch_version=torch.__version__)
+                        dtype=dtype.replace("torch.", ""), torch_version=torch.__version__, runtime=spec.label,
+                        network_ms=network_ms, libraries=library_versions(spec))
 
 
 def _device_name(device: torch.device) -> str:

@@ -16,6 +16,7 @@ from ct_ray.config import ConfigError, load_config
 from ct_ray.data.augment import AugmentConfig
 from ct_ray.data.samples import JitterConfig
 from ct_ray.data.stream import StreamConfig
+from ct_ray.fileio import Location, fetch
 from ct_ray.models import TEACHERS, OneStreamTracker, TrackerConfig, load_checkpoint
 
 
@@ -92,7 +93,11 @@ class TeacherSection:
         """The teacher tracker and its checkpoint metadata (the one place a config's teacher is opened)."""
         if self.path is None:
             raise ConfigError("teacher.path is not set")
-        return load_checkpoint(self.path, self.kind, self.num_heads)
+        return load_checkpoint(fetch(self.path), self.kind, self.num_heads)
+
+    def exists(self) -> bool:
+        """Whether the teacher file is there (a local file, or an object in the store)."""
+        return self.path is not None and Location.of(self.path).is_file()
 
 
 @dataclass
@@ -183,7 +188,9 @@ class DataSection:
     sequences rendered in the data tasks, ``stream``). Either way the search window (``jitter``), the crop and the
     augmentation are drawn when a row is read, from (run seed, epoch, pair index). ``pairs_per_epoch``: the epoch
     size (required for the stream; for shards, None takes the manifest's). ``shuffle_files`` permutes the shard files
-    on every pass, seeded by ``run.seed``; ``shuffle_buffer`` rows are shuffled within an epoch."""
+    on every pass, seeded by ``run.seed``; ``shuffle_buffer`` rows are shuffled within an epoch. ``sample_tasks``:
+    the Ray tasks that draw one worker's samples at a time (more only compete with training for the CPUs once
+    the data keeps up: ``data_wait_fraction`` in MLflow tells)."""
 
     source: DataSource = DataSource.SHARDS
     shards: str = "data/shards"
@@ -196,12 +203,13 @@ class DataSection:
     pairs_per_epoch: int | None = None
     shuffle_buffer: int = 256
     shuffle_files: bool = True
+    sample_tasks: int = 2
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synth: SynthSection | None = None
 
     def __post_init__(self) -> None:
         _positive("data", batch_size=self.batch_size, pairs_per_epoch=self.pairs_per_epoch,
-                  val_max_sequences=self.val_max_sequences)
+                  val_max_sequences=self.val_max_sequences, sample_tasks=self.sample_tasks)
         if self.shuffle_buffer < 0:
             raise ValueError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
         if self.source is DataSource.STREAM and self.pairs_per_epoch is None:
@@ -354,7 +362,7 @@ def teacher_depth(config: ExperimentConfig) -> int:
     """The teacher's block count, read without building the training module (from its file, or from the
     bootstrap config when the file is still to be trained)."""
     path = config.teacher.path
-    if path and Path(path).is_file():
+    if path and config.teacher.exists():
         return len(config.teacher.load()[0].blocks)
     if config.teacher.bootstrap:
         return load_config(ExperimentConfig, config.teacher.bootstrap).model.depth

@@ -22,14 +22,18 @@ from ct_ray.training.experiment import ExperimentConfig, MlflowSection, check_ex
 
 @dataclass
 class SearchSettings:
-    """Ray Tune settings: trials, the ASHA scheduler on ``metric``, concurrency and resources per trial."""
+    """Ray Tune settings: trials, the ASHA scheduler on ``metric``, concurrency and resources per trial.
+
+    ``storage_path`` (a folder or a store URI) holds the search: Tune's state, every trial's run folder and the
+    report. ``max_concurrent_trials`` None runs as many trials at once as the cluster's resources hold (each trial
+    needs its workers' CPUs and GPUs); a number caps that."""
 
     name: str = "ct-ray-search"
     storage_path: str = "runs/tune"
     num_samples: int = 1
     metric: str = "val_auc"
     mode: str = "max"
-    max_concurrent_trials: int = 2
+    max_concurrent_trials: int | None = None
     grace_period: int = 1
     reduction_factor: int = 2
     cpus_per_worker: float = 0.99
@@ -39,7 +43,7 @@ class SearchSettings:
         if self.mode not in ("max", "min"):
             raise ValueError(f"tune.mode must be max or min, got {self.mode!r}")
         for name in ("num_samples", "max_concurrent_trials", "grace_period", "profile_iterations"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"tune.{name} must be >= 1, got {getattr(self, name)}")
         if self.reduction_factor < 2:
             raise ValueError(f"tune.reduction_factor must be >= 2, got {self.reduction_factor}")
@@ -169,3 +173,29 @@ def check_search(search: SearchConfig) -> int:
 def total_trials(search: SearchConfig) -> int:
     return len(grid_points(parse_space(search.search))) * search.tune.num_samples
 
+
+
+def trial_resources(config: ExperimentConfig, cpus_per_worker: float) -> dict[str, float]:
+    """What one trial holds while it trains: its workers' CPUs (``tune.cpus_per_worker`` each) and GPUs."""
+    scaling = config.scaling
+    needs = {"CPU": scaling.num_workers * cpus_per_worker}
+    if scaling.use_gpu:
+        needs["GPU"] = scaling.num_workers * scaling.gpus_per_worker
+    return needs
+
+
+def trial_concurrency(config: ExperimentConfig, settings: SearchSettings, cluster: dict[str, float]) -> int:
+    """How many trials run at once on a cluster of (at most) ``cluster`` resources: as many as fit, capped by
+    ``tune.max_concurrent_trials``; a trial that does not fit at all is a ``ConfigError`` naming the keys."""
+    needs = trial_resources(config, settings.cpus_per_worker)
+    fits = []
+    for resource, amount in needs.items():
+        have = float(cluster.get(resource, 0))
+        if amount > have:
+            keys = ("scaling.num_workers x scaling.gpus_per_worker" if resource == "GPU"
+                    else "scaling.num_workers x tune.cpus_per_worker")
+            raise ConfigError(f"a trial needs {amount:g} {resource} ({keys}) but the cluster has at most {have:g}: "
+                              "lower scaling.num_workers, or give the cluster more nodes")
+        fits.append(int(have // amount) if amount else 10**6)
+    count = max(1, min(fits))
+    return min(count, settings.max_concurrent_trials) if settings.max_concurrent_trials else count
