@@ -292,7 +292,7 @@ def test_shard_round_trip_resume_and_bad_files(ray_session, lasot_root, tmp_path
 def test_worker_pipeline_is_fresh_per_epoch_repeatable_and_counts_a_corrupt_row(ray_session, lasot_root, tmp_path):
     import ray
 
-    from ct_ray.orchestration.data_pipeline import DropCounter, SampleSettings, sample_dataset
+    from ct_ray.orchestration.data_pipeline import DropCounter, SampleSettings, SampleStream
 
     plan = make_plan(lasot_root, pairs=8, epochs=1, per_shard=4)
     out = tmp_path / "shards"
@@ -309,9 +309,9 @@ def test_worker_pipeline_is_fresh_per_epoch_repeatable_and_counts_a_corrupt_row(
     counter = DropCounter.remote()
 
     def epochs(first, last):
-        dataset = sample_dataset(source, settings, first, last, rank=0, world=1, rows=8, counter=counter)
-        dataset.context.execution_options.preserve_order = True
-        return {int(e): [r for r in dataset.take_all() if r["epoch"] == e] for e in range(first, last + 1)}
+        stream = SampleStream(source, settings, first, last, rank=0, world=1, rows=8, counter=counter)
+        rows = [{key: block[key][i] for key in block} for block in stream for i in range(len(block["pair_index"]))]
+        return {e: [r for r in rows if int(r["epoch"]) == e] for e in range(first, last + 1)}
 
     run, rerun, resumed = epochs(1, 2), epochs(1, 2), epochs(2, 2)
     for epoch in (1, 2):

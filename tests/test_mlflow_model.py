@@ -66,7 +66,9 @@ def test_the_registered_version_carries_its_tags_and_tracks_through_pyfunc(logge
 
 def test_mlflow_models_serve_answers_on_loopback(logged):
     port = free_ports(1)[0]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": logged["uri"]}
+    # MLflow starts the scoring server as `uvicorn` by name: the environment's bin folder must be on PATH
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": logged["uri"], "PATH": path}
     log = open(logged["root"] / "serve.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/demo-tracker/1", "--env-manager",
