@@ -40,7 +40,7 @@ def search_workspace(tmp_path_factory, ray_session):
     base = {"kind": "compresstracker", "teacher": {"path": str(root / "teacher.pt")},
             "data": {"shards": str(root / "shards"), "val_dataset": f"lasot:{lasot}", "val_split": "test",
                      "batch_size": 8, "shuffle_buffer": 0},
-            "run": {"epochs": 1, "validate_every": 1, "storage_path": str(root / "runs")}}
+            "run": {"epochs": 2, "validate_every": 2, "storage_path": str(root / "runs")}}
     (root / "base.yaml").write_text(yaml.safe_dump(base))
     return root
 
@@ -69,8 +69,7 @@ def test_invalid_space_rejected_before_the_search(search_workspace):
 
 
 def test_search_interrupted_after_first_trial_resumes(search_workspace, ray_session):
-    """`ct-ray tune` is interrupted (SIGINT) once its first of two trials has finished; `--resume` finishes the
-    other and trains none twice."""
+    """`ct-ray tune` is interrupted (SIGINT) once its first trial has finished; `--resume` finishes the rest."""
     from ct_ray.orchestration.tune_search import run_search
 
     search = search_config(search_workspace)
@@ -89,7 +88,10 @@ def test_search_interrupted_after_first_trial_resumes(search_workspace, ray_sess
         if experiment is not None:
             first = [r for r in client.search_runs([experiment.experiment_id])
                      if r.info.run_name.startswith("trial-") and r.info.status == "FINISHED"]
-    assert first, "the first trial did not finish"
+    if not first:
+        driver.kill()
+        _, err = driver.communicate(timeout=60)
+        raise AssertionError(f"the first trial did not finish (driver exit {driver.returncode}):\n{err[-3000:]}")
     time.sleep(3)
     driver.send_signal(signal.SIGINT)
     try:
@@ -109,8 +111,8 @@ def test_search_interrupted_after_first_trial_resumes(search_workspace, ray_sess
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(nested) == 2 and len({r.info.run_name for r in nested}) == 2
     assert sum(r.info.run_name == first[0].info.run_name for r in nested) == 1
-    # The first trial trained its epoch once: a repeat would log it again.
-    assert [m.step for m in client.get_metric_history(first[0].info.run_id, "loss_total")] == [1]
+    # The first trial trained its 2 epochs once: a repeat would log its epochs again.
+    assert [m.step for m in client.get_metric_history(first[0].info.run_id, "loss_total")] == [1, 2]
     assert {r.data.tags["student_depth"] for r in nested} == {"1", "2"}
     assert len(summaries) == 2 and {s.depth for s in summaries} == {1, 2}
     assert all(s.auc is not None and s.fps and s.fps > 0 for s in summaries)

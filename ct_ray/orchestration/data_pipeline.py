@@ -19,6 +19,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 import torch
 from tqdm.auto import tqdm
 
@@ -159,7 +160,9 @@ class SampleStream:
                  rank: int, world: int, rows: int, counter=None, tasks: int = 2) -> None:
         self._items = ((epoch, item) for epoch in range(first_epoch, last_epoch + 1)
                        for item in source.items(epoch, rank, world, rows))
-        self._submit = lambda item: _sample_task.remote(source, settings, item, rank, counter)
+        # Outside any placement group: inside a Tune trial the worker's bundle holds only the worker itself.
+        task = _sample_task.options(scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+        self._submit = lambda item: task.remote(source, settings, item, rank, counter)
         self._pending: collections.deque = collections.deque()
         for _ in range(max(1, tasks)):
             self._launch()
