@@ -314,14 +314,19 @@ class MetricBuffer:
         with self._lock:
             return self._pending
 
-    def close(self, timeout: float = 600.0) -> int:
-        """Waits until every metric is sent (or ``timeout`` passes); returns how many batches are still unsent."""
+    def flush(self, timeout: float) -> int:
+        """Waits until every metric logged so far is sent (or ``timeout`` passes); returns the batches still unsent.
+        Called before a checkpoint, so that a worker killed after it has lost no metric of the epochs it covers."""
         import time
 
         deadline = time.time() + timeout
         while self.pending and time.time() < deadline:
-            time.sleep(0.2)
-        left = self.pending
+            time.sleep(0.05)
+        return self.pending
+
+    def close(self, timeout: float = 600.0) -> int:
+        """Waits until every metric is sent (or ``timeout`` passes); returns how many batches are still unsent."""
+        left = self.flush(timeout)
         if not left:
             self._queue.put(None)
         return left

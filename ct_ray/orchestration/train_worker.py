@@ -216,6 +216,9 @@ def _report(worker: Worker, epoch: int, metrics: dict[str, Any], curve: dict | N
     if not save:
         ray.train.report(metrics)
         return
+    if worker.metrics_out is not None:
+        # A checkpoint never runs ahead of its epochs' metrics, unless the server is down (then they stay queued).
+        worker.metrics_out.flush(timeout=10.0)
     report_checkpoint = None
     if worker.rank == 0:
         folder = tempfile.mkdtemp(prefix=f"ct-ray-checkpoint-{epoch:04d}-")
