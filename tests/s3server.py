@@ -52,6 +52,19 @@ class S3Server:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def stop_process_group(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stops a server started with ``start_new_session=True`` and everything it started: SIGTERM to its process
+    group, SIGKILL after ``timeout`` s."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+
+
 def weed_binary() -> str | None:
     candidate = Path(sys.executable).parent / "weed"
     return str(candidate) if candidate.exists() else shutil.which("weed")

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from ct_ray.orchestration.cluster import LOCAL_RAY_ENV
 from ct_ray.models import OneStreamTracker, save_tracker
 from helpers import TINY_TRACKER, write_lasot_tree
-from s3server import free_ports
+from s3server import free_ports, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -110,11 +110,7 @@ def local_head(tmp_path):
         head.terminate()
         pytest.fail("the local Ray head did not come up")
     yield address, f"127.0.0.1:{gcs}", client_env
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
+    stop_process_group(head, timeout=20)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -199,13 +195,8 @@ class MlflowServer:
         raise RuntimeError((self.folder / "mlflow-server.log").read_text()[-2000:])
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
+        if self.process is not None:
+            stop_process_group(self.process)
 
 
 def test_cluster_path_two_nodes_s3_killed_worker_and_mlflow_outage(s3_server, tmp_path):

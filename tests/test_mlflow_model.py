@@ -2,7 +2,6 @@
 exactly as the online tracker does, and ``mlflow models serve`` answers a real HTTP request on 127.0.0.1."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from ct_ray.orchestration import mlflow_runs
 from ct_ray.orchestration.mlflow_model import encode_frame, log_tracker_model, registered_name
 from ct_ray.tracking import OnlineTracker, run_sequence
 from ct_ray.tracking.speed import _moving_target_frames
-from tests.s3server import free_ports
+from tests.s3server import free_ports, stop_process_group
 
 CONFIG = TrackerConfig(embed_dim=32, depth=2, num_heads=2, head_channels=16, template_size=32, search_size=64)
 
@@ -90,10 +89,4 @@ def test_mlflow_models_serve_answers_on_loopback(logged):
         boxes = pd.DataFrame(answer["predictions"])[list("xywh")].to_numpy()
         np.testing.assert_allclose(boxes, logged["expected"], atol=1e-6)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=15)
+        stop_process_group(process)
