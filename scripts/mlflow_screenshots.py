@@ -1,15 +1,19 @@
 """Screenshots of a study in the MLflow UI, taken in headless Chromium: what a researcher sees.
 
 Starts ``mlflow ui`` on 127.0.0.1 over the study's store, finds the study's run (tag ``kind=study``, the newest one
-unless ``--study`` names it), and writes three PNGs into ``--out``: the study run (its description is the results
-table, its artifacts the plots), the comparison of its trackers' runs, and one training run. Chromium comes from
+unless ``--study`` names it), and writes PNGs into ``--out``: the experiment's runs, the study run (its description,
+unfolded, is the results table), its success plot among its artifacts, the comparison of its trackers' runs, and one
+training run. Chromium is driven over its DevTools pipe, so the pages are clicked (the description's "Show more",
+the assistant side panel's close button) before each screenshot. Chromium comes from
 Debian's packages (``apt-get install chromium``).
 
-    python scripts/mlflow_screenshots.py --store sqlite:///outputs/quickstart-small/../../mlflow.db --out shots/
+    python scripts/mlflow_screenshots.py --store sqlite:///mlflow.db --out shots/   # the quickstart's store
 """
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import json
 import os
 import shutil
@@ -60,14 +64,108 @@ def stop(process: subprocess.Popen) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def shoot(browser: str, url: str, path: Path, size: str = "1920,1200") -> Path:
-    """One screenshot of ``url`` after the page's scripts ran (a virtual time budget)."""
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={path.parent / '.chromium'}", f"--window-size={size}",
-                    "--virtual-time-budget=15000", "--hide-scrollbars", f"--screenshot={path}", url],
-                   check=True, capture_output=True, timeout=120)
-    return path
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: JSON messages
+    ended by NUL on file descriptors 3 and 4), so a page can be clicked before its screenshot. Standard library
+    only."""
+
+    def __init__(self, binary: str, profile: Path, size: tuple[int, int] = (1920, 1200)) -> None:
+        to_browser, self._out = os.pipe()
+        self._in, from_browser = os.pipe()
+
+        def descriptors() -> None:  # in the child: Chromium reads commands on fd 3, writes replies on fd 4
+            reads, writes = os.dup(to_browser), os.dup(from_browser)  # neither may be 3 or 4 before the dup2
+            reads, writes = os.dup2(reads, 100), os.dup2(writes, 101)
+            os.dup2(reads, 3)
+            os.dup2(writes, 4)
+
+        self.process = subprocess.Popen(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--hide-scrollbars", "--remote-debugging-pipe", f"--user-data-dir={profile}",
+             f"--window-size={size[0]},{size[1]}", "about:blank"],
+            close_fds=False, preexec_fn=descriptors, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        os.close(to_browser)
+        os.close(from_browser)
+        self._buffer, self._next, self.last_text = b"", 0, ""
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.call("Emulation.setDeviceMetricsOverride", session=True, width=size[0], height=size[1],
+                  deviceScaleFactor=1, mobile=False)
+
+    def call(self, method: str, session: bool = False, timeout: float = 60, **params) -> dict:
+        self._next += 1
+        message = {"id": self._next, "method": method, "params": params}
+        if session:
+            message["sessionId"] = self.session
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            while b"\0" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self._next:
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return reply.get("result", {})
+            chunk = os.read(self._in, 1 << 20)
+            if not chunk:
+                raise RuntimeError("Chromium closed its DevTools pipe")
+            self._buffer += chunk
+        raise TimeoutError(f"{method}: no reply from Chromium in {timeout:.0f} s")
+
+    def evaluate(self, script: str):
+        return self.call("Runtime.evaluate", session=True, expression=script, returnByValue=True,
+                         awaitPromise=True).get("result", {}).get("value")
+
+    def wait_for(self, script: str, timeout: float = 60) -> bool:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.evaluate(script):
+                return True
+            time.sleep(0.5)
+        return False
+
+    def shoot(self, url: str, path: Path, actions: str = "", shows: str = "") -> Path:
+        """Opens ``url``, waits until the page's text contains ``shows`` and no "loading" (the UI fetches runs and
+        metrics after the document is complete), runs ``actions`` (JavaScript), and writes a PNG of the viewport."""
+        self.call("Page.navigate", session=True, url=url)
+        self.wait_for("document.readyState === 'complete'")
+        self.wait_for(f"document.body.innerText.includes({json.dumps(shows)}) && "
+                      "!/loading/i.test(document.body.innerText)", timeout=90)
+        time.sleep(2)
+        if actions:
+            self.evaluate(actions)
+            time.sleep(2)
+        data = self.call("Page.captureScreenshot", session=True, format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
+        self.last_text = self.evaluate("document.body.innerText") or ""
+        return path
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        for fd in (self._in, self._out):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+# JavaScript run on each page before its screenshot: close MLflow 3.17's assistant side panel, which covers a
+# third of the page; on the study run, unfold the description (the results table) with its "Show more".
+CLOSE_ASSISTANT = """
+(() => {
+  const close = document.querySelector('button[data-component-id="mlflow.assistant.chat_panel.close"]');
+  if (close) close.click();
+  return !!close;
+})()"""
+SHOW_DESCRIPTION = """
+(() => {
+  const more = [...document.querySelectorAll('button, a, span')].find(e => e.textContent.trim() === 'Show more');
+  if (more) more.click();
+  return !!more;
+})()"""
 
 
 def study_runs(store: str, study: str | None) -> tuple[str, str, list[str]]:
@@ -89,8 +187,10 @@ def study_runs(store: str, study: str | None) -> tuple[str, str, list[str]]:
     return parent.info.experiment_id, parent.info.run_id, [r.info.run_id for r in children]
 
 
-def screenshots(store: str, out: Path, study: str | None = None, only: list[str] | None = None) -> list[Path]:
-    """The PNGs of the study run's pages (``only``: a subset of their names)."""
+def screenshots(store: str, out: Path, study: str | None = None, only: list[str] | None = None,
+                texts: dict[str, str] | None = None) -> list[Path]:
+    """The PNGs of the study run's pages (``only``: a subset of their names); ``texts`` receives each page's
+    visible text by name, as it was when its screenshot was taken."""
     browser = chromium()
     if browser is None:
         raise SystemExit("Chromium is not installed (apt-get install chromium)")
@@ -107,9 +207,25 @@ def screenshots(store: str, out: Path, study: str | None = None, only: list[str]
                    f"&{view}")
         pages = {"experiment_runs.png": f"{base}/experiments/{experiment}/runs?{view}",
                  "study_run.png": f"{base}/experiments/{experiment}/runs/{parent}?{view}",
+                 "study_plots.png": f"{base}/experiments/{experiment}/runs/{parent}/artifacts/plots/success.png"
+                                    f"?{view}",
                  "compare_arms.png": compare.replace(" ", ""),
                  "training_run.png": f"{base}/experiments/{experiment}/runs/{children[-1]}/model-metrics?{view}"}
-        return [shoot(browser, url, out / name) for name, url in pages.items() if not only or name in only]
+        actions = {"study_run.png": CLOSE_ASSISTANT + ";" + SHOW_DESCRIPTION}
+        session = Browser(browser, out / ".chromium")
+        try:
+            shows = {"experiment_runs.png": "matching run", "study_run.png": "About this run",
+                     "study_plots.png": "success.png", "compare_arms.png": "Run details",
+                     "training_run.png": "Model metrics"}
+            paths = []
+            for name, url in pages.items():
+                if not only or name in only:
+                    paths.append(session.shoot(url, out / name, actions.get(name, CLOSE_ASSISTANT), shows[name]))
+                    if texts is not None:
+                        texts[name] = session.last_text
+            return paths
+        finally:
+            session.close()
     finally:
         stop(ui)
 

@@ -129,6 +129,42 @@ def test_paired_difference_pairs_seeds_and_sequences():
     assert paired_difference(reference[:1], [_result("x", 0, 0, 1, 1, sequences={"a": 1.0})]) is None  # 1 sequence
 
 
+def test_combined_studies_pair_runs_within_their_study(tmp_path, capsys):
+    """Two studies (two teacher seeds) as one table: each run is paired with the run of its own study and seed,
+    and its retention is against its own teacher."""
+    import dataclasses
+
+    from ct_ray.cli import main
+
+    def summary(teacher_seed, teacher_auc, ct, alone):
+        trackers = [_result("teacher", None, teacher_auc, 8.0, 1200, depth=12,
+                            sequences={"a": teacher_auc, "b": teacher_auc})]
+        for seed, (c, a) in enumerate(zip(ct, alone)):
+            trackers += [_result("CompressTracker-4", seed, c, 4.0, 400, sequences={"a": c + 1, "b": c - 1}),
+                         _result("student only", seed, a, 4.0, 400, sequences={"a": a + 1, "b": a - 1})]
+        return {"preset_config": {"teacher": {"run": {"seed": teacher_seed}}},
+                "trackers": [dataclasses.asdict(t) for t in trackers]}
+
+    paths = []
+    for seed, study in enumerate([summary(0, 40.0, [38.0, 39.0], [34.0, 35.0]), summary(1, 30.0, [30.0], [27.0])]):
+        paths.append(tmp_path / f"s{seed}.json")
+        paths[-1].write_text(json.dumps(study))
+    assert main(["combine", *map(str, paths), "--out", str(tmp_path / "both")]) == 0
+    rows = {r["label"]: r for r in json.loads((tmp_path / "both.json").read_text())["rows"]}
+    assert rows["teacher (12 blocks)"]["auc_mean"] == pytest.approx(35.0)
+    assert rows["CompressTracker-4"]["auc_mean"] == pytest.approx((38 + 39 + 30) / 3)
+    # retention against each run's own teacher: 95, 97.5, 100
+    assert rows["CompressTracker-4"]["auc_retention_mean"] == pytest.approx((95 + 97.5 + 100) / 3)
+    # student only - CT over the pairs (s0 seed 0, s0 seed 1, s1 seed 0): -4, -4, -3 on both sequences
+    assert rows["student only"]["auc_delta"] == pytest.approx(-11 / 3)
+    printed = capsys.readouterr().out
+    assert "teacher - student only (same student budget, each against its own teacher): +4.7 AUC" in printed  # (6 + 5 + 3) / 3
+    assert "s1.json (teacher seed 1): teacher 30.0; CompressTracker-4 30.0, student only 27.0" in printed
+    assert main(["combine", str(paths[0])]) == 2  # one study: nothing to combine
+    assert main(["combine", str(paths[0]), str(tmp_path / "missing.json")]) == 2
+    assert "missing.json: no such study summary" in capsys.readouterr().err
+
+
 def test_summary_rows_are_means_spreads_and_ratios_against_the_teacher():
     teacher = _result("teacher", None, 60.0, 30.0, 1200, depth=12)
     rows = summarise(teacher, {"CT": [_result("CT", 0, 57.0, 10.0, 400), _result("CT", 1, 59.0, 14.0, 400)],
@@ -182,7 +218,9 @@ def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray
     preset_file.write_text(yaml.safe_dump(TINY_PRESET))
     out = tmp_path / "study"
     assert main(["quickstart", "--preset", str(preset_file), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "INFO mlflow" not in captured.err  # MLflow's own log lines (a new store's tables) go to the log file
     assert "teacher (4 blocks)" in printed and "CompressTracker-2" in printed
     assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1" in printed
 

@@ -124,3 +124,47 @@ def test_search_interrupted_after_first_trial_resumes(search_workspace, ray_sess
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "search")}
     assert {"search/pareto.csv", "search/pareto.png", "search/best_depth1.yaml",
             "search/best_depth2.yaml"} <= artifacts
+
+
+def test_search_whose_every_trial_fails_exits_non_zero(search_workspace, ray_session):
+    """Shards that cannot be read pass the checks before the search but fail each trial's training: `ct-ray tune`
+    names the failure, exits 2 (not 0 over an empty table) and closes its MLflow run as FAILED."""
+    import shutil
+
+    root = search_workspace
+    broken = root / "broken-shards"
+    shutil.copytree(root / "shards", broken)
+    for shard in broken.glob("*.parquet"):
+        shard.write_bytes(b"not a parquet file")
+    base = yaml.safe_load((root / "base.yaml").read_text())
+    base["data"]["shards"] = str(broken)
+    base["run"]["storage_path"] = str(root / "runs-broken")
+    (root / "base-broken.yaml").write_text(yaml.safe_dump(base))
+    search = to_dict(search_config(root))
+    search.update(base=str(root / "base-broken.yaml"), search={"student.num_stages": [1]})
+    search["tune"].update(name="broken", storage_path=str(root / "tune-broken"))
+    search["mlflow"]["experiment"] = "search-broken"
+    path = root / "search-broken.yaml"
+    path.write_text(yaml.safe_dump(search))
+    done = subprocess.run([sys.executable, "-m", "ct_ray.cli", "tune", "--config", str(path), "--address",
+                           ray_session.get_runtime_context().gcs_address],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "ct-ray tune: error: search broken: every trial failed (1 of 1)" in done.stderr
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("search-broken").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("kind") == "search"]
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"
+
+
+def test_search_table_marks_failed_trials():
+    from ct_ray.orchestration.tune_search import TrialSummary, format_table, pareto_front
+
+    summaries = [TrialSummary("a", {"student.num_stages": 1}, 1, [4], 40.0, 900.0, "a.pt"),
+                 TrialSummary("b", {"student.num_stages": 2}, 2, [2, 2], 45.0, None, None,
+                              error="ShardError: shard-00001.parquet: not a Parquet file")]
+    pareto_front(summaries)
+    lines = format_table(summaries).splitlines()
+    assert lines[1].endswith("*") and lines[2].endswith("FAILED")
+    assert lines[3] == "1 of 2 trials failed:"
+    assert lines[4] == '  b {"student.num_stages": 2}: ShardError: shard-00001.parquet: not a Parquet file'

@@ -125,6 +125,11 @@ def _training_commands(subparsers) -> None:
     ablations.add_argument("--no-ablations", action="store_true",
                            help="no ablation files: CompressTracker and the baselines over the seeds")
     _add_study_options(ablations)
+    combine = _parser(subparsers, "combine", commands.cmd_combine)
+    combine.add_argument("studies", nargs="+", metavar="STUDY_JSON",
+                         help="two or more study summaries (<out>/quickstart.json, <out>/ablations.json) of one "
+                              "benchmark, e.g. one per teacher seed")
+    combine.add_argument("--out", default=None, help="also write the table to OUT.md and OUT.json")
 
 
 def _data_commands(subparsers) -> None:

@@ -217,7 +217,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(format_table(summaries))
     for name, path in files.items():
         print(f"{name:>12}: {path}")
-    return 0
+    # Some trials failed (every one failing is an error of run_search): the report holds the rest, the exit code says so.
+    return 1 if any(s.error for s in summaries) else 0
 
 
 def _print_study(outcome, title: str) -> None:
@@ -272,6 +273,42 @@ def cmd_ablations(args: argparse.Namespace) -> int:
     outcome = run_study(preset, out, arms, seeds, name="ablations", ray_address=args.address)
     _print_study(outcome, f"ablations ({preset.name} preset, seeds {args.seeds}; mean ± standard deviation over "
                           f"seeds): {_scored_on(preset)}")
+    return 0
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    """Several studies of one benchmark (e.g. one per teacher seed) as one table, runs paired within each study."""
+    import json
+    from pathlib import Path
+
+    from ct_ray.errors import MissingFileError
+    from ct_ray.fileio import atomic_write_text
+    from ct_ray.studies.combine import combine_studies, study_part
+    from ct_ray.studies.tables import format_markdown, format_table
+
+    parts = []
+    for name in args.studies:
+        path = Path(name)
+        if not path.is_file():
+            raise MissingFileError(f"{path}: no such study summary (a study writes <out>/<study>.json)")
+        try:
+            summary = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not JSON ({exc})") from None
+        parts.append(study_part(summary, str(path)))
+    rows, notes = combine_studies(parts)
+    print(f"{len(parts)} studies combined (mean ± standard deviation over all their runs; intervals paired by "
+          "study, seed and sequence)")
+    print(format_table(rows))
+    for note in notes:
+        print(note)
+    if args.out:
+        out = Path(args.out)
+        atomic_write_text(out.with_suffix(".md"), format_markdown(rows, notes) + "\n")
+        atomic_write_text(out.with_suffix(".json"), json.dumps(
+            {"studies": [str(s) for s in args.studies], "rows": [r.to_dict() for r in rows], "notes": notes},
+            indent=2) + "\n")
+        print(f"written: {out.with_suffix('.md')}, {out.with_suffix('.json')}")
     return 0
 
 

@@ -56,6 +56,11 @@ def log_to(path: str | Path) -> Path:
     return path
 
 
+def _is_console(stream: Any) -> bool:
+    """stdout / stderr, or MLflow's stream that writes to whatever ``sys.stderr`` is at the time."""
+    return stream in (sys.stderr, sys.stdout) or type(stream).__name__ == "MlflowLoggingStream"
+
+
 def route_loggers() -> None:
     """Ray's, MLflow's and Python's warnings loggers into the log file (and off the console unless verbose); again
     after Ray is imported and started, which set their loggers up anew."""
@@ -67,8 +72,7 @@ def route_loggers() -> None:
         logger = logging.getLogger(name)
         if not verbose():
             for existing in list(logger.handlers):
-                if isinstance(existing, logging.StreamHandler) and getattr(existing, "stream", None) in (
-                        sys.stderr, sys.stdout):
+                if isinstance(existing, logging.StreamHandler) and _is_console(getattr(existing, "stream", None)):
                     logger.removeHandler(existing)
             logger.propagate = False
         if not any(getattr(h, "stream", None) is _state["handle"] for h in logger.handlers):

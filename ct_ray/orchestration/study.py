@@ -17,9 +17,9 @@ runs and evaluations and continues an interrupted training run.
 
 Speed is measured apart from the evaluation, which tracks several sequences at once (one Ray task each) and may
 reuse results timed under other load: after the evaluations, every tracker's whole tracking step (crop, forward,
-decode, map back; batch 1) is timed one tracker at a time in a Ray task of one CPU (one thread) or one GPU
-(``measure_speed``, the same measurement as ``ct-ray profile --threads 1``), so the FPS and speed-up columns of one
-table come from the same conditions.
+decode, map back; batch 1) is timed in a Ray task of one CPU (one thread) or one GPU, the trackers in turn over
+three rounds, each keeping its fastest round (``measure_speeds``; each round is the measurement of ``ct-ray profile
+--threads 1``), so the FPS and speed-up columns of one table come from the same conditions.
 
 ``evaluation.heldout_sequences`` (``--heldout-sequences N``) scores the same trackers on N further sequences that
 the study generates like its benchmark but from another seed (``data/heldout-N``; no run trained or validated on
@@ -176,25 +176,37 @@ def _evaluate(label: str, seed: int | None, run_name: str, checkpoint: str, test
 
 def measure_speed(checkpoint: str, use_gpu: bool = False, iterations: int = 100, warmup: int = 10,
                   runtime: str = "torch") -> float:
-    """Median milliseconds of one whole tracking step of ``checkpoint`` at batch 1 through ``runtime``, in a Ray task
-    of one CPU (one thread) or one GPU; the caller runs one at a time so that no two measurements share the
-    machine."""
+    """Median milliseconds of one whole tracking step of ``checkpoint`` (see :func:`measure_speeds`)."""
+    return measure_speeds([checkpoint], use_gpu, rounds=1, iterations=iterations, warmup=warmup, runtime=runtime)[0]
+
+
+def measure_speeds(checkpoints: list[str], use_gpu: bool = False, rounds: int = 3, iterations: int = 50,
+                   warmup: int = 10, runtime: str = "torch") -> list[float]:
+    """Milliseconds of one whole tracking step at batch 1 through ``runtime`` for each checkpoint, in one Ray task
+    of one CPU (one thread) or one GPU. The trackers are timed in turn, ``rounds`` times over, and each keeps the
+    lowest of its per-round medians: a burst of other load on the machine then slows one round of every tracker
+    rather than all of one tracker's, which on a shared 2-core machine moved single timings by up to 1.6x."""
     import ray
 
-    def task(path: str, gpu: bool) -> float:
+    def task(paths: list[str], gpu: bool) -> list[float]:
         import torch
 
         from ct_ray.models import load_tracker
         from ct_ray.tracking.speed import profile_tracker
 
         torch.set_num_threads(1)
-        model = load_tracker(path)[0]
         device = "cuda" if gpu else "cpu"
-        return profile_tracker(model, device, iterations=iterations, warmup=warmup,
-                               runtime=runtime).tracking_step_ms
+        best = [float("inf")] * len(paths)
+        for _ in range(rounds):
+            for index, path in enumerate(paths):
+                model = load_tracker(path)[0]
+                step = profile_tracker(model, device, iterations=iterations, warmup=warmup,
+                                       runtime=runtime).tracking_step_ms
+                best[index] = min(best[index], step)
+        return best
 
     remote = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(task)
-    return float(ray.get(remote.remote(str(checkpoint), use_gpu)))
+    return [float(ms) for ms in ray.get(remote.remote([str(c) for c in checkpoints], use_gpu))]
 
 
 def _depth(checkpoint: str) -> int:
@@ -284,9 +296,10 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
                 _evaluate(arm.label, seed, config.run.name, checkpoint, tests, preset, uri, experiment,
                           say, seconds))
         results = [teacher, *[r for rs in per_arm.values() for r in rs]]
-        say(f"  timing the tracking step of {len(results)} trackers, one at a time")
-        for result in results:
-            result.tracking_ms = measure_speed(result.checkpoint, preset.evaluation.use_gpu)
+        say(f"  timing the tracking step of {len(results)} trackers, in turn, 3 rounds")
+        timings = measure_speeds([r.checkpoint for r in results], preset.evaluation.use_gpu)
+        for result, milliseconds in zip(results, timings):
+            result.tracking_ms = milliseconds
             if uri and result.mlflow_run_id:
                 mlflow_runs.log_metrics(uri, result.mlflow_run_id, {"tracking_step_ms": result.tracking_ms,
                                                                     "tracking_step_fps": 1000.0 / result.tracking_ms},

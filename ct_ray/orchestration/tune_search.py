@@ -24,7 +24,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from ct_ray.errors import MissingFileError
+from ct_ray.errors import MissingFileError, UserError
 from ct_ray.fileio import Location
 from ct_ray.orchestration import console, mlflow_runs
 from ct_ray.config import flatten, to_dict
@@ -106,6 +106,19 @@ class TrialSummary:
     fps: float | None
     tracker: str | None
     pareto: bool = False
+    error: str | None = None
+
+
+class SearchFailedError(UserError, RuntimeError):
+    """Every trial of a search failed: nothing was trained, so there is no table to show."""
+
+
+def _error_line(error: BaseException | None) -> str | None:
+    """The last line of a trial's error (Ray wraps the cause in its traceback), or None when it finished."""
+    if error is None:
+        return None
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _tracker_of(trials: Location, trial_id: str) -> Location | None:
@@ -147,7 +160,8 @@ def summarise(results, search: SearchConfig, trials: Location, profile: bool = T
                     auc = float(column.max() if search.tune.mode == "max" else column.min())
             tracker = _tracker_of(trials, trial_id)
             fps, depth, division = None, 0, []
-            if tracker is not None:
+            error = _error_line(result.error)
+            if tracker is not None and error is None:
                 local = tracker.download(Path(folder) / f"{trial_id}.pt")
                 model, meta = load_tracker(local)
                 depth, division = len(model.blocks), list(meta.get("teacher_stages", []))
@@ -155,7 +169,7 @@ def summarise(results, search: SearchConfig, trials: Location, profile: bool = T
                     fps = 1000.0 / measure_speed(str(local), use_gpu, iterations=search.tune.profile_iterations,
                                                  warmup=3)
             summaries.append(TrialSummary(trial_id, values, depth, division, auc, fps,
-                                          tracker.uri if tracker else None))
+                                          tracker.uri if tracker and error is None else None, error=error))
     pareto_front(summaries)
     return sorted(summaries, key=lambda s: (s.depth, -(s.auc or -1)))
 
@@ -179,8 +193,9 @@ def write_report(summaries: list[TrialSummary], search: SearchConfig, folder: Pa
     if points:
         files["chart"] = speed_accuracy_plot(points, folder / "pareto.png",
                                              title="Speed against accuracy (* Pareto front)")
-    for depth in sorted({s.depth for s in summaries if s.auc is not None}):
-        best = max((s for s in summaries if s.depth == depth and s.auc is not None), key=lambda s: s.auc)
+    finished = [s for s in summaries if s.auc is not None and s.error is None]
+    for depth in sorted({s.depth for s in finished}):
+        best = max((s for s in finished if s.depth == depth), key=lambda s: s.auc)
         config = trial_config(search, best.values)
         config = replace(config, run=replace(config.run, name=f"{search.tune.name}-best-depth{depth}"))
         path = folder / f"best_depth{depth}.yaml"
@@ -191,12 +206,17 @@ def write_report(summaries: list[TrialSummary], search: SearchConfig, folder: Pa
 
 
 def format_table(summaries: list[TrialSummary]) -> str:
+    """The Pareto table as text; a failed trial shows FAILED and its error under the table."""
     lines = [f"{'trial':<12}{'depth':>6}  {'division':<16}{'val AUC':>9}{'FPS':>9}  pareto"]
     for s in summaries:
         auc = "" if s.auc is None else f"{s.auc:.2f}"
         fps = "" if s.fps is None else f"{s.fps:.1f}"
-        lines.append(f"{s.trial_id:<12}{s.depth:>6}  {json.dumps(s.division):<16}{auc:>9}{fps:>9}  "
-                     f"{'*' if s.pareto else ''}")
+        mark = "FAILED" if s.error else ("*" if s.pareto else "")
+        lines.append(f"{s.trial_id:<12}{s.depth:>6}  {json.dumps(s.division):<16}{auc:>9}{fps:>9}  {mark}")
+    failed = [s for s in summaries if s.error]
+    if failed:
+        lines.append(f"{len(failed)} of {len(summaries)} trials failed:")
+        lines.extend(f"  {s.trial_id} {json.dumps(s.values, sort_keys=True)}: {s.error}" for s in failed)
     return "\n".join(lines)
 
 
@@ -264,6 +284,12 @@ def run_search(search: SearchConfig, resume: bool = False, ray_address: str | No
     with parent if parent is not None else contextlib.nullcontext():  # FINISHED, or FAILED on any error
         grid = tuner.fit()
         summaries = summarise(grid, search, trials, use_gpu=base.scaling.use_gpu)
+        failed = [s for s in summaries if s.error is not None]
+        if summaries and len(failed) == len(summaries):  # the parent MLflow run closes as FAILED
+            raise SearchFailedError(
+                f"search {search.tune.name}: every trial failed ({len(failed)} of {len(summaries)}); the first "
+                f"(trial {failed[0].trial_id}): {failed[0].error}. Each trial's error is in its folder under "
+                f"{search_dir.uri}; Ray's output is in {console.log_path()}")
         with tempfile.TemporaryDirectory(prefix="ct-ray-report-") as folder:
             files = write_report(summaries, search, Path(folder))
             report = search_dir.child("report")
