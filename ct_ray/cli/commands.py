@@ -195,8 +195,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if outcome.best_tracker:
         print(f"best tracker  {outcome.best_tracker}  (best validation AUC {metrics.get('best_val_auc')})")
     shown = {k: v for k, v in metrics.items() if k.startswith(("loss_total", "val_", "rows_per_s", "replacement_p"))}
-    print("last epoch    " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in sorted(shown.items())))
+    if shown:
+        print("last epoch    " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in sorted(shown.items())))
+    else:  # resumed from a checkpoint of its last epoch: nothing left to train
+        print(f"last epoch    none now: {outcome.run_dir} had already trained its {config.run.epochs} epochs "
+              "(another run.name, or removing that folder, trains again)")
     if outcome.mlflow_run_id:
         from ct_ray.orchestration.mlflow_runs import resolve_tracking_uri
 
