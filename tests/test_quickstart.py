@@ -129,6 +129,23 @@ def test_paired_difference_pairs_seeds_and_sequences():
     assert paired_difference(reference[:1], [_result("x", 0, 0, 1, 1, sequences={"a": 1.0})]) is None  # 1 sequence
 
 
+def test_deployed_runtime_columns_sit_beside_pytorchs():
+    """evaluation.deploy_runtime: the first arm's AUC and FPS through that runtime, two more columns and row fields."""
+    from ct_ray.studies.tables import table_cells
+
+    teacher = _result("teacher", None, 60.0, 30.0, 1200, depth=12)
+    ct = [_result("CT", seed, 57.0 + seed, 10.0, 400) for seed in (0, 1)]
+    for result, auc in zip(ct, (57.0, 57.9)):
+        result.deployed = {"runtime": "onnxruntime-cpu", "auc": auc, "tracking_ms": 5.0}
+    rows = summarise(teacher, {"CT": ct, "alone": [_result("alone", 0, 48.0, 12.0, 400)]})
+    assert rows[1].deployed_runtime == "onnxruntime-cpu" and rows[1].deployed_fps == pytest.approx(200.0)
+    assert rows[1].deployed_auc[0] == pytest.approx(57.45) and rows[2].deployed_auc is None
+    header, body = table_cells(rows)
+    assert header[-2:] == ["AUC (onnxruntime-cpu)", "FPS (onnxruntime-cpu)"]
+    assert body[1][-2:] == ["57.5 ± 0.6", "200"] and body[2][-2:] == ["-", "-"]
+    assert rows[1].to_dict()["deployed_auc_mean"] == pytest.approx(57.45)
+
+
 def test_combined_studies_pair_runs_within_their_study(tmp_path, capsys):
     """Two studies (two teacher seeds) as one table: each run is paired with the run of its own study and seed,
     and its retention is against its own teacher."""
