@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Sequence
 
 from ct_ray.errors import InputError
-from ct_ray.studies.paired_stats import Difference, Row, TrackerResult, _mean_std, paired_difference
+from ct_ray.studies.paired_stats import Difference, Row, TrackerResult, paired_difference, summarise
 
 _SEED_STRIDE = 1_000_000  # (study index, student seed) -> one integer key that paired_difference pairs on
 
@@ -64,23 +64,9 @@ def combine_studies(parts: Sequence[StudyPart]) -> tuple[list[Row], list[str]]:
         raise InputError(f"{parts[0].name} and the others scored no common test sequence: combine studies of one "
                          "benchmark")
     teachers = [replace(p.teacher, seed=index) for index, p in enumerate(parts)]
-    teacher_ms = statistics.fmean(t.tracking_ms for t in teachers)
     by_study = {index: p.teacher for index, p in enumerate(parts)}
-    reference = _pooled(parts, labels[0])
-
-    def row(label: str, results: list[TrackerResult], is_teacher: bool) -> Row:
-        ms = statistics.fmean(r.tracking_ms for r in results)
-        retention = None if is_teacher else _mean_std(
-            [100.0 * r.auc / by_study[r.seed // _SEED_STRIDE].auc for r in results])
-        return Row(label=label, depth=results[0].depth, seeds=[r.seed for r in results],
-                   auc=_mean_std([r.auc for r in results]), precision=_mean_std([r.precision for r in results]),
-                   norm_precision=_mean_std([r.norm_precision for r in results]), fps=1000.0 / ms,
-                   speed_up=None if is_teacher else teacher_ms / ms,
-                   flops_ratio=None if is_teacher else teachers[0].flops / results[0].flops, retention=retention,
-                   delta=None if is_teacher or label == labels[0] else paired_difference(reference, results))
-
-    rows = [row(f"teacher ({teachers[0].depth} blocks)", teachers, True)]
-    rows += [row(label, _pooled(parts, label), False) for label in labels]
+    rows = summarise(teachers, {label: _pooled(parts, label) for label in labels},
+                     teacher_of=lambda result: by_study[result.seed // _SEED_STRIDE])
     notes = []
     if "student only" in labels:
         alone = _pooled(parts, "student only")

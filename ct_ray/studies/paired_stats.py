@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -121,10 +121,17 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarise(teacher: TrackerResult, arms: dict[str, list[TrackerResult]]) -> list[Row]:
+def summarise(teacher: TrackerResult | Sequence[TrackerResult], arms: dict[str, list[TrackerResult]],
+              teacher_of: Callable[[TrackerResult], TrackerResult] | None = None) -> list[Row]:
     """The teacher's row, then one row per arm: scores as mean and spread over seeds, tracking FPS (median frame
     time averaged over seeds), speed-up (teacher frame time / the arm's), FLOPs ratio, AUC retention (the arm's
-    AUC / the teacher's, per seed) and, from the second arm on, the paired AUC difference to the first arm."""
+    AUC / the teacher's, per seed) and, from the second arm on, the paired AUC difference to the first arm.
+
+    Several teachers (studies combined, ``ct_ray.studies.combine``): the teacher row is over all of them, the
+    speed-up is against their mean frame time, and ``teacher_of`` gives each run its own teacher for retention."""
+    teachers = [teacher] if isinstance(teacher, TrackerResult) else list(teacher)
+    teacher_ms = statistics.fmean(t.tracking_ms for t in teachers)
+    own = teacher_of or (lambda result: teachers[0])
     reference = next(iter(arms.values()), [])
 
     def row(label: str, results: list[TrackerResult], is_teacher: bool) -> Row:
@@ -136,13 +143,13 @@ def summarise(teacher: TrackerResult, arms: dict[str, list[TrackerResult]]) -> l
         return Row(**extra, label=label, depth=results[0].depth, seeds=[r.seed for r in results],
                    auc=_mean_std([r.auc for r in results]), precision=_mean_std([r.precision for r in results]),
                    norm_precision=_mean_std([r.norm_precision for r in results]), fps=1000.0 / ms,
-                   speed_up=None if is_teacher else teacher.tracking_ms / ms,
-                   flops_ratio=None if is_teacher else teacher.flops / results[0].flops,
-                   retention=None if is_teacher or teacher.auc <= 0 else
-                   _mean_std([100.0 * r.auc / teacher.auc for r in results]),
+                   speed_up=None if is_teacher else teacher_ms / ms,
+                   flops_ratio=None if is_teacher else teachers[0].flops / results[0].flops,
+                   retention=None if is_teacher or any(own(r).auc <= 0 for r in results) else
+                   _mean_std([100.0 * r.auc / own(r).auc for r in results]),
                    delta=None if is_teacher or results is reference else paired_difference(reference, results))
 
-    return [row(f"teacher ({teacher.depth} blocks)", [teacher], True)] + [
+    return [row(f"teacher ({teachers[0].depth} blocks)", teachers, True)] + [
         row(label, results, False) for label, results in arms.items()]
 
 
