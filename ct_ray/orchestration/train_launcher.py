@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,6 +250,8 @@ def _finish(config: ExperimentConfig, result, run: mlflow_runs.TrackedRun | None
             config_path: str | None, dropped: dict[str, int]) -> TrainOutcome:
     """Copies the final and best trackers into the run folder, files them, the config and the plot into MLflow."""
     from ct_ray.evaluation.plots import success_plot
+    from ct_ray.orchestration.train_worker import copy_checkpoint_file
+    from ct_ray.training.state import TRACKER_FILE
 
     final_ckpt = result.checkpoint
     if final_ckpt is None:
@@ -265,9 +266,7 @@ def _finish(config: ExperimentConfig, result, run: mlflow_runs.TrackedRun | None
         for label, checkpoint, name in (("final", final_ckpt, FINAL_TRACKER), ("best", best_ckpt, BEST_TRACKER)):
             if checkpoint is None:
                 continue
-            with checkpoint.as_directory() as checkpoint_dir:
-                copy = local / name
-                shutil.copyfile(Path(checkpoint_dir) / "tracker.pt", copy)
+            copy = copy_checkpoint_file(checkpoint, TRACKER_FILE, local / name)
             trackers[label] = run_dir.child(name)
             trackers[label].upload(copy)
             meta = load_tracker(copy)[1]

@@ -17,6 +17,7 @@ import random
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -37,7 +38,9 @@ from ct_ray.orchestration import mlflow_runs
 from ct_ray.orchestration.data_pipeline import SampleStream, to_device, worker_batches
 from ct_ray.orchestration.distributed_eval import evaluate_sequences
 from ct_ray.training.experiment import ExperimentConfig, LowPPlans
+from ct_ray.fileio import Location
 from ct_ray.training.state import (
+    TRAIN_STATE_FILE,
     build_module,
     load_trainable_state,
     load_training_checkpoint,
@@ -45,6 +48,15 @@ from ct_ray.training.state import (
     set_rng_state,
 )
 from ct_ray.training.step import TrainStep, lr_factor, parameter_groups, restore_zero_gradients, trained_tracker
+
+
+def copy_checkpoint_file(checkpoint: ray.train.Checkpoint, name: str, target: Path) -> Path:
+    """Copies one file of a Ray checkpoint (local or in a store) to ``target``, a path this process owns.
+
+    Not ``Checkpoint.as_directory``: off local storage it downloads into one temporary folder per checkpoint shared by
+    every process of a machine, and a rank that downloads again rewrites the files another rank is reading.
+    """
+    return Location(checkpoint.path, checkpoint.filesystem, checkpoint.path).child(name).download(target)
 
 
 def seed_everything(seed: int) -> None:
@@ -139,7 +151,8 @@ def _set_up(loop_config: dict[str, Any]) -> Worker:
     mlflow_run_id = loop_config.get("mlflow_run_id")
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
+        with tempfile.TemporaryDirectory(prefix="ct-ray-restore-") as folder:
+            copy_checkpoint_file(checkpoint, TRAIN_STATE_FILE, Path(folder) / TRAIN_STATE_FILE)
             state = load_training_checkpoint(folder)
         load_trainable_state(module, state["model"], f"{checkpoint.path}")
         optimizer.load_state_dict(state["optimizer"])

@@ -44,7 +44,7 @@ def s3(path: str) -> str:
 
 
 def kill_mid_epoch(run: "Location", outage: Path, stop: threading.Event, address: str) -> dict:  # noqa: F821
-    """Waits until the run's first checkpoint is registered (epoch 1 of 8), then asks for the MLflow outage and
+    """Waits until the run's first checkpoint is registered (epoch 1 of 5), then asks for the MLflow outage and
     kills one training worker (SIGKILL) while the next epochs train."""
     from ray.util.state import list_actors
 
@@ -100,7 +100,7 @@ def main(workdir: str) -> None:
         uri = os.environ["MLFLOW_TRACKING_URI"]
         common = [f"teacher.path={teacher.uri}", "student.num_stages=2", f"data.shards={shards}",
                   f"data.val_dataset=lasot:{lasot}", "data.val_split=test", "data.batch_size=8",
-                  "data.shuffle_buffer=0", "run.epochs=8", "run.validate_every=8", "run.deterministic=true",
+                  "data.shuffle_buffer=0", "run.epochs=5", "run.validate_every=5", "run.deterministic=true",
                   f"run.storage_path={s3('ctray/cluster/runs')}", "scaling.num_workers=2",
                   "scaling.placement_strategy=SPREAD", f"mlflow.tracking_uri={uri}", "mlflow.experiment=cluster"]
         reference = train(load_config(ExperimentConfig, None, [*common, "run.name=reference"]), progress=False)
