@@ -4,7 +4,7 @@ durable thing in an S3-compatible store on 127.0.0.1, MLflow on a server the cal
 1. Shards built by Ray tasks straight into s3://; the teacher uploaded with its .sha256 (fetched once per node).
 2. A reference run: 2 workers spread over the nodes, checkpoints and trackers in s3://.
 3. The same run again, with one retry allowed: once its first checkpoint is registered, one training worker is
-   killed in the middle of an epoch, and the test is told to stop the MLflow server for 30 s (file ``outage``).
+   killed in the middle of an epoch, and the test is told to stop the MLflow server for 15 s (file ``outage``).
    The run resumes from the S3 checkpoint and must end with the reference's weights.
 4. A one-trial Tune search whose state, trial run and report live in s3://.
 
@@ -67,6 +67,11 @@ def kill_mid_epoch(run: "Location", outage: Path, stop: threading.Event, address
 
 def main(workdir: str) -> None:
     root = Path(workdir)
+    started, seconds = time.time(), {}
+
+    def lap(name: str) -> None:  # where the script's time goes (printed with the result)
+        seconds[name] = round(time.time() - started - sum(seconds.values()), 1)
+
     os.environ["CT_RAY_CACHE"] = str(root / "cache")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": True,
                                                             "dashboard_host": "127.0.0.1",
@@ -74,6 +79,7 @@ def main(workdir: str) -> None:
     cluster.add_node(num_cpus=3)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
+    lap("cluster")
     try:
         from ct_ray.config import load_config
         from ct_ray.data.shards import ShardPlan, SourceSpec
@@ -97,6 +103,7 @@ def main(workdir: str) -> None:
         teacher = Location.of(s3("ctray/cluster/teacher.pt"))
         teacher.upload(root / "teacher.pt")
         Location.of(s3("ctray/cluster/teacher.pt.sha256")).write_text(file_sha256(root / "teacher.pt"))
+        lap("shards")
         uri = os.environ["MLFLOW_TRACKING_URI"]
         common = [f"teacher.path={teacher.uri}", "student.num_stages=2", f"data.shards={shards}",
                   f"data.val_dataset=lasot:{lasot}", "data.val_split=test", "data.batch_size=8",
@@ -104,6 +111,7 @@ def main(workdir: str) -> None:
                   f"run.storage_path={s3('ctray/cluster/runs')}", "scaling.num_workers=2",
                   "scaling.placement_strategy=SPREAD", f"mlflow.tracking_uri={uri}", "mlflow.experiment=cluster"]
         reference = train(load_config(ExperimentConfig, None, [*common, "run.name=reference"]), progress=False)
+        lap("reference")
         nodes = sorted({w["node_id"] for w in list_actors(address=cluster.address, detail=True,
                                                            filters=[("class_name", "=", "RayTrainWorker")])})
 
@@ -118,6 +126,7 @@ def main(workdir: str) -> None:
         finally:
             stop.set()
             killer.join()
+        lap("killed")
         weights = {}
         for name, outcome in (("reference", reference), ("killed", killed)):
             local = Location.of(outcome.final_tracker).download(root / f"{name}.pt")
@@ -134,12 +143,14 @@ def main(workdir: str) -> None:
                                           "tune": {"name": "search", "storage_path": s3("ctray/cluster/tune")},
                                           "mlflow": {"tracking_uri": uri, "experiment": "cluster-search"}})
         summaries, files = run_search(search, progress=False)
+        lap("search")
         tune_files = sorted(entry.name for entry in Location.of(s3("ctray/cluster/tune")).child("search").list())
         print(json.dumps({"nodes": nodes, "cluster_nodes": len(ray.nodes()), "difference": difference,
                           "killed": events, "reference_run": reference.mlflow_run_id,
                           "killed_run": killed.mlflow_run_id, "final": killed.final_tracker,
                           "trials": len(summaries), "tune_files": tune_files,
-                          "report": files, "fetched": sorted(p.name for p in (root / "cache" / "fetched").iterdir())}))
+                          "report": files, "fetched": sorted(p.name for p in (root / "cache" / "fetched").iterdir()),
+                          "seconds": seconds}))
     finally:
         ray.shutdown()
         cluster.shutdown()
