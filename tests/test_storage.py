@@ -57,3 +57,28 @@ def test_unreachable_store_and_missing_shards_are_clear_errors(s3_server, tmp_pa
     assert main(["data", "preview", "--shards", s3_server.uri("ctray/empty", create_bucket=True), "--out",
                  str(tmp_path / "p")]) == 2
     assert "no shard manifest" in capsys.readouterr().err
+
+
+def test_each_rank_reads_its_own_copy_of_an_s3_checkpoint(s3_server, tmp_path):
+    """A restore copies the checkpoint's one file into a folder its process owns. (Ray's ``as_directory`` shares one
+    download folder per checkpoint among a machine's ranks, and a rank downloading again rewrote the file another
+    rank was reading: an empty train_state.pt on a resumed two-worker run.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray.train
+
+    from ct_ray.models.checkpoints import CheckpointError
+    from ct_ray.orchestration.train_worker import copy_checkpoint_file
+
+    payload = np.random.default_rng(0).bytes(3 << 20)
+    folder = Location.of(s3_server.uri("ctray/checkpoints/checkpoint_0001", create_bucket=True))
+    folder.child("train_state.pt").write_bytes(payload)
+    checkpoint = ray.train.Checkpoint(folder.path, filesystem=folder.fs)
+    with ThreadPoolExecutor(4) as pool:
+        copies = list(pool.map(lambda rank: copy_checkpoint_file(checkpoint, "train_state.pt",
+                                                                 tmp_path / f"rank{rank}" / "train_state.pt"),
+                               range(4)))
+    assert len(set(copies)) == 4 and all(copy.read_bytes() == payload for copy in copies)
+    with pytest.raises(CheckpointError, match="the checkpoint has no missing.pt"):
+        copy_checkpoint_file(checkpoint, "missing.pt", tmp_path / "missing.pt")
+    assert not (tmp_path / "missing.pt").exists()

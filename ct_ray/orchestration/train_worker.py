@@ -34,6 +34,7 @@ from ct_ray.data.sequences import load_dataset
 from ct_ray.evaluation.metrics import SUCCESS_THRESHOLDS, score_benchmark
 from ct_ray.evaluation.sequence import track_sequence
 from ct_ray.models import OneStreamTracker, unwrap
+from ct_ray.models.checkpoints import CheckpointError
 from ct_ray.orchestration import mlflow_runs
 from ct_ray.orchestration.data_pipeline import SampleStream, to_device, worker_batches
 from ct_ray.orchestration.distributed_eval import evaluate_sequences
@@ -56,7 +57,10 @@ def copy_checkpoint_file(checkpoint: ray.train.Checkpoint, name: str, target: Pa
     Not ``Checkpoint.as_directory``: off local storage it downloads into one temporary folder per checkpoint shared by
     every process of a machine, and a rank that downloads again rewrites the files another rank is reading.
     """
-    return Location(checkpoint.path, checkpoint.filesystem, checkpoint.path).child(name).download(target)
+    try:
+        return Location(checkpoint.path, checkpoint.filesystem, checkpoint.path).child(name).download(target)
+    except FileNotFoundError:
+        raise CheckpointError(f"{checkpoint.path}: the checkpoint has no {name}") from None
 
 
 def seed_everything(seed: int) -> None:
