@@ -33,13 +33,13 @@ from ct_ray.config import from_dict
 from ct_ray.data.sequences import load_dataset
 from ct_ray.evaluation.metrics import SUCCESS_THRESHOLDS, score_benchmark
 from ct_ray.evaluation.sequence import track_sequence
+from ct_ray.fileio import Location
 from ct_ray.models import OneStreamTracker, unwrap
 from ct_ray.models.checkpoints import CheckpointError
 from ct_ray.orchestration import mlflow_runs
 from ct_ray.orchestration.data_pipeline import SampleStream, to_device, worker_batches
 from ct_ray.orchestration.distributed_eval import evaluate_sequences
 from ct_ray.training.experiment import ExperimentConfig, LowPPlans
-from ct_ray.fileio import Location
 from ct_ray.training.state import (
     TRAIN_STATE_FILE,
     build_module,
