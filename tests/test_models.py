@@ -260,3 +260,25 @@ def test_config_rejects_impossible_values():
         TrackerConfig(depth=0)
     with pytest.raises(ValueError, match="unknown TrackerConfig keys"):
         TrackerConfig.from_dict({"embed_dim": 64, "widht": 3})
+
+
+def test_fresh_head_starts_at_its_priors():
+    """A fresh center head scores each of the F*F cells near 1 / (F*F - 1) and predicts the target's size in a search
+    crop (1 / search_factor), so its focal loss starts small instead of near 12 (zero biases: 0.5 everywhere)."""
+    from ct_ray.compress.losses import focal_loss, gaussian_heatmap
+
+    torch.manual_seed(0)
+    model = OneStreamTracker(TrackerConfig(embed_dim=DIM, depth=DEPTH, num_heads=HEADS, head_channels=C,
+                                           template_size=Z, search_size=X)).eval()
+    cells = model.feat_size ** 2
+    with torch.no_grad():
+        out = model(torch.randn(4, 3, Z, Z), torch.randn(4, 3, X, X))
+    assert out["score_map"].mean().item() == pytest.approx(1.0 / (cells - 1), rel=0.5)
+    assert out["size_map"].mean().item() == pytest.approx(1.0 / model.config.search_factor, rel=0.1)
+    targets = torch.tensor([[0.5, 0.5, 0.25, 0.25]]).repeat(4, 1)
+    fresh = focal_loss(out["score_map"], gaussian_heatmap(targets, model.feat_size)).item()
+    assert fresh < 5.0
+    model.box_head.conv5_ctr.bias.data.zero_()
+    with torch.no_grad():
+        flat = model(torch.randn(4, 3, Z, Z), torch.randn(4, 3, X, X))
+    assert focal_loss(flat["score_map"], gaussian_heatmap(targets, model.feat_size)).item() > 2 * fresh
