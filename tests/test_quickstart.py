@@ -44,8 +44,9 @@ def test_embedded_presets_load_and_baselines_share_the_budget():
     assert full.teacher.model == small.teacher.model and full.teacher.data == small.teacher.data
     assert full.teacher.run.epochs > small.teacher.run.epochs
     assert full.compresstracker.run.epochs > small.compresstracker.run.epochs
-    for preset in (full, small):  # trained on the stream; scored on 100 fixed test sequences
-        assert preset.teacher.data.source.value == "stream" and preset.teacher.data.synth.sequences == 100
+    for preset in (full, small):  # trained on the stream; scored on 300 fixed 20-frame test sequences
+        synth = preset.teacher.data.synth
+        assert preset.teacher.data.source.value == "stream" and (synth.sequences, synth.frames) == (300, 20)
         assert preset.teacher.data.synth.test_fraction == 1.0
 
 
@@ -91,7 +92,7 @@ def test_preset_overrides_and_a_study_folder_holds_one_study(tmp_path, capsys):
     check_reusable(with_scaling(preset, workers=4, gpu=True).compresstracker, run_dir)  # hardware may change
     check_reusable(preset.teacher, tmp_path / "runs" / "teacher")  # no run there yet
     changed = load_preset("small", ["compresstracker.run.epochs=20"]).compresstracker
-    with pytest.raises(ConfigError, match=r"was trained with another config: run\.epochs \(6 there, 20 now\)"):
+    with pytest.raises(ConfigError, match=r"was trained with another config: run\.epochs \(3 there, 20 now\)"):
         check_reusable(changed, run_dir)
     assert [a.label for a in ablation_arms(preset, [])] == ["CompressTracker-4", "student only", "distillation"]
     assert main(["ablations", "--no-ablations", "--ablation", str(ABLATIONS[0]), "--out", str(tmp_path)]) == 2
