@@ -2,6 +2,7 @@
 pipeline, on a small LaSOT-format tree the test writes."""
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -234,6 +235,29 @@ def test_stream_draws_new_visible_pairs_every_epoch():
     assert len(items) == -(-(32 + spare_rows(32)) // 6) and items[1]["first_index"] == 6
     samples, dropped = sample_pairs(source.load(items[0]), 0, 1, 32, 64, 4.0)
     assert len(samples["pair_index"]) == 6 and not dropped
+
+
+def test_stream_sequences_written_whole_or_cut_to_the_test_length(tmp_path):
+    """The scenes a run trained on, written for scoring: whole, or their first frames (the same scene and truth)."""
+    from ct_ray.data.stream import write_stream_sequences
+
+    config = StreamConfig(preset="easy", height=96, width=128, frames=12, frames_per_sequence=4,
+                          pairs_per_sequence=6)
+    whole = write_stream_sequences(tmp_path / "whole", config, seed=0, count=2)
+    cut = write_stream_sequences(tmp_path / "cut", config, seed=0, count=2, frames=5)
+    for root, frames in ((whole, 12), (cut, 5)):
+        names = (root / "testing_set.txt").read_text().split()
+        assert len(names) == 2
+        for name in names:
+            folder = root / name.rsplit("-", 1)[0] / name
+            assert len(list((folder / "img").glob("*.jpg"))) == frames
+            assert len((folder / "groundtruth.txt").read_text().splitlines()) == frames
+            assert len((folder / "full_occlusion.txt").read_text().strip().split(",")) == frames
+    for name in (whole / "testing_set.txt").read_text().split():
+        rel = Path(name.rsplit("-", 1)[0]) / name
+        assert (cut / rel / "groundtruth.txt").read_text().splitlines() == \
+            (whole / rel / "groundtruth.txt").read_text().splitlines()[:5]
+        assert (cut / rel / "img" / "00000003.jpg").read_bytes() == (whole / rel / "img" / "00000003.jpg").read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -90,10 +90,13 @@ def _stack(images: list[np.ndarray], size: int) -> np.ndarray:
     return np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
 
 
-def write_stream_sequences(out, config: StreamConfig, seed: int, count: int, epoch: int = 1, rank: int = 0) -> Path:
-    """The first ``count`` sequences the stream drew in ``epoch`` for ``rank`` (chunks 0, 1, ...), written whole as a
+def write_stream_sequences(out, config: StreamConfig, seed: int, count: int, epoch: int = 1, rank: int = 0,
+                           frames: int | None = None) -> Path:
+    """The first ``count`` sequences the stream drew in ``epoch`` for ``rank`` (chunks 0, 1, ...), written as a
     LaSOT-format folder (``testing_set.txt`` lists them all): the scenes a run trained on, to measure how well it
-    tracks what it saw against the test sequences it never saw. Complete sequences already there are kept."""
+    tracks what it saw against the test sequences it never saw. ``frames`` cuts each to its first frames (the test
+    sequences' length, so that both AUCs are over sequences of one length); None writes them whole. Complete
+    sequences already there are kept."""
     from ct_ray.data.synth import _iter_sequence, write_rendered
     from ct_ray.fileio import atomic_write_text
 
@@ -107,7 +110,7 @@ def write_stream_sequences(out, config: StreamConfig, seed: int, count: int, epo
         name = f"{cls}-e{epoch}r{rank}c{chunk:04d}"  # LaSOT layout: <class>/<class>-<id>
         names.append(name)
         if not (out / cls / name / "nlp.txt").is_file():
-            write_rendered(out, name, rendered)
+            write_rendered(out, name, rendered, keep=frames)
     atomic_write_text(out / "testing_set.txt", "".join(f"{n}\n" for n in names))
     atomic_write_text(out / "training_set.txt", "")
     return out

@@ -35,12 +35,13 @@ arguments give byte-identical files (on one platform / OpenCV build).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -942,9 +943,14 @@ def _write_sequence(out: Path, name: str, cls: str, rng: np.random.Generator, pr
     return write_rendered(out, name, _iter_sequence(rng, preset, frames, frame_size, cls, True))
 
 
-def write_rendered(out: Path, name: str, rendered: tuple[Iterator[np.ndarray], "_Renderer"]) -> SynthAnnotation:
-    """Writes a rendered sequence (frames, renderer) as ``out/<class>/<name>`` in LaSOT layout, atomically."""
+def write_rendered(out: Path, name: str, rendered: tuple[Iterator[np.ndarray], "_Renderer"],
+                   keep: int | None = None) -> SynthAnnotation:
+    """Writes a rendered sequence (frames, renderer) as ``out/<class>/<name>`` in LaSOT layout, atomically; with
+    ``keep``, only its first ``keep`` frames and their truth (the same scene, cut short)."""
     iterator, renderer = rendered
+    if keep is not None:
+        keep = _check_int("keep", keep, 2)
+        iterator = itertools.islice(iterator, keep)
     cls = renderer.scene.target.cls
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}-", dir=out))
     try:
@@ -958,6 +964,9 @@ def write_rendered(out: Path, name: str, rendered: tuple[Iterator[np.ndarray], "
                 raise OSError(f"cannot encode frame {t + 1} of {name}")
             (img / f"{t + 1:08d}.jpg").write_bytes(data.tobytes())
         ann = renderer.annotation()
+        if keep is not None:
+            ann = replace(ann, **{f.name: getattr(ann, f.name)[:keep] for f in fields(ann)
+                                  if isinstance(getattr(ann, f.name), np.ndarray)})
         (tmp / "groundtruth.txt").write_text("".join(f"{x},{y},{w},{h}\n" for x, y, w, h in ann.boxes.tolist()))
         (tmp / "full_occlusion.txt").write_text(_flags_line(ann.full_occlusion))
         (tmp / "out_of_view.txt").write_text(_flags_line(ann.out_of_view))

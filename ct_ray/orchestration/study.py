@@ -67,16 +67,20 @@ TRAIN_SEQUENCES = 20
 
 
 def training_sequences(teacher: ExperimentConfig, out: Path) -> ScoringSet:
-    """Sequences the teacher trained on: the stream's first sequences of epoch 1 (written whole), or the first of
-    the benchmark's training split when it trained on shards of it."""
+    """Sequences the teacher trained on: the stream's first sequences of epoch 1, cut to the length of the
+    benchmark's test sequences (``data.synth.frames``) so that the train and test AUCs are over sequences of one
+    length (longer sequences score lower); or the first of the benchmark's training split when it trained on shards
+    of it."""
     from ct_ray.training.experiment import DataSource
 
     if teacher.data.source is DataSource.STREAM:
         from ct_ray.data.stream import write_stream_sequences
 
-        root = write_stream_sequences(out / "data" / "train-sequences", teacher.data.stream, teacher.run.seed,
-                                      TRAIN_SEQUENCES)
-        return ScoringSet(f"synthetic:{root}", "test", out / "results-train", "train")
+        frames = teacher.data.synth.frames if teacher.data.synth is not None else None
+        suffix = f"-{frames}f" if frames else ""
+        root = write_stream_sequences(out / "data" / f"train-sequences{suffix}", teacher.data.stream,
+                                      teacher.run.seed, TRAIN_SEQUENCES, frames=frames)
+        return ScoringSet(f"synthetic:{root}", "test", out / f"results-train{suffix}", "train")
     return ScoringSet(teacher.data.val_dataset, "train", out / "results-train", "train")
 
 
