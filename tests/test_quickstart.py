@@ -18,7 +18,7 @@ from ct_ray.studies.design import (
     rebase,
 )
 from ct_ray.studies.paired_stats import TrackerResult, paired_difference, summarise
-from ct_ray.studies.tables import format_markdown
+from ct_ray.studies.tables import format_markdown, gap_note, train_gap_note
 from ct_ray.training.experiment import RunKind, ScheduleKind
 
 REPO = Path(__file__).resolve().parents[1]
@@ -355,3 +355,15 @@ def test_gpu_study_on_a_machine_without_gpus_is_refused_before_work(tmp_path, ra
     assert main(["quickstart", "--preset", str(preset_file), "--out", str(tmp_path / "o"), "--gpu"]) == 2
     assert "the local Ray instance has 0" in capsys.readouterr().err
     assert not (tmp_path / "o" / "data").exists() and not (tmp_path / "o" / "runs").exists()
+
+
+def test_notes_name_the_sequences_they_were_scored_on():
+    from ct_ray.studies.paired_stats import Difference
+
+    gap = Difference(mean=3.26, low=2.0, high=4.6, sequences=300, seeds=1)
+    assert gap_note(gap) == ("teacher - student only (same student budget): +3.3 AUC [+2.0, +4.6] over 300 test "
+                             "sequences: the accuracy that compression has to keep")
+    assert "over 300 held-out sequences" in gap_note(gap, scored_on="held-out")
+    assert train_gap_note(58.7, 56.8, 20, "held-out") == \
+        "teacher on 20 of its training sequences: AUC 58.7, on the held-out sequences 56.8 (train - held-out +1.9)"
+    assert gap_note(None) is None and train_gap_note(None, 50.0, 20) is None

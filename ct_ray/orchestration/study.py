@@ -320,8 +320,9 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
                                                                 runtime=deploy)}
         rows = summarise(teacher, per_arm)
         alone = [arms for label, arms in per_arm.items() if arms and arms[0].label == "student only"]
-        notes = [note for note in (gap_note(gap_to(alone[0], teacher)) if alone else None,
-                                   train_gap_note(on_train.auc, teacher.auc, len(on_train.sequence_auc)))
+        scored_on = "held-out" if preset.evaluation.heldout_sequences else "test"
+        notes = [note for note in (gap_note(gap_to(alone[0], teacher), scored_on=scored_on) if alone else None,
+                                   train_gap_note(on_train.auc, teacher.auc, len(on_train.sequence_auc), scored_on))
                  if note]
         table = format_table(rows) + "".join(f"\n{note}" for note in notes)
         files = _write_outputs(out, name, preset, rows, results, notes)

@@ -54,19 +54,20 @@ def format_markdown(rows: list[Row], notes: list[str] = ()) -> str:
     return "\n".join(lines)
 
 
-def gap_note(gap: Difference | None, label: str = "student only") -> str | None:
-    """The line under the table that names the gap compression has to keep."""
+def gap_note(gap: Difference | None, label: str = "student only", scored_on: str = "test") -> str | None:
+    """The line under the table that names the gap compression has to keep (``scored_on``: which sequences)."""
     if gap is None:
         return None
     return (f"teacher - {label} (same student budget): {gap.mean:+.1f} AUC [{gap.low:+.1f}, {gap.high:+.1f}] over "
-            f"{gap.sequences} test sequences: the accuracy that compression has to keep")
+            f"{gap.sequences} {scored_on} sequences: the accuracy that compression has to keep")
 
 
-def train_gap_note(train_auc: float | None, test_auc: float, sequences: int) -> str | None:
+def train_gap_note(train_auc: float | None, test_auc: float, sequences: int, scored_on: str = "test") -> str | None:
+    """The line under the table with the teacher's AUC on its training sequences beside the scored ones."""
     if train_auc is None:
         return None
-    return (f"teacher on {sequences} of its training sequences: AUC {train_auc:.1f}, on the test sequences "
-            f"{test_auc:.1f} (train - test {train_auc - test_auc:+.1f})")
+    return (f"teacher on {sequences} of its training sequences: AUC {train_auc:.1f}, on the {scored_on} sequences "
+            f"{test_auc:.1f} (train - {scored_on} {train_auc - test_auc:+.1f})")
 
 
 def row_metrics(rows: list[Row]) -> dict[str, float]:
