@@ -49,8 +49,13 @@ def test_progressive_schedule_e10_and_overrides():
     # E = 10: W = 2, F = 3; rise over epochs 4..6 as 0.3 + 0.7 * (e - 2) / 5.
     assert [schedule(e, 10) for e in (3, 4, 7, 8)] == pytest.approx([0.3, 0.3 + 0.7 * 2 / 5, 1.0, 1.0])
     assert FixedSchedule(0.7)(5, 10) == 0.7
-    # The fixed-p ablation ends like the paper's: the student alone for the last tenth of the budget.
-    assert [FixedSchedule(0.5)(e, 30) for e in (1, 27, 28, 30)] == [0.5, 0.5, 1.0, 1.0]
+    # The fixed-p ablation ends like the paper's: the student alone on the epochs the progressive schedule spends
+    # at p = 1 (its last tenth and the epoch its rise reaches 1), down to the 3-epoch `small` students.
+    assert [FixedSchedule(0.5)(e, 30) for e in (1, 26, 27, 30)] == [0.5, 0.5, 1.0, 1.0]
+    assert [FixedSchedule(0.5)(e, 3) for e in (1, 2, 3)] == [0.5, 0.5, 1.0]
+    for total in (2, 3, 6, 10, 30, 330):
+        alone = sum(FixedSchedule(0.5)(e, total) == 1.0 for e in range(1, total + 1))
+        assert alone == sum(replacement_probability(e, total) == 1.0 for e in range(1, total + 1)), total
     assert [FixedSchedule(0.5, final_fraction=0.0)(e, 10) for e in (1, 10)] == [0.5, 0.5]
     with pytest.raises(ValueError, match="counted from 1"):
         replacement_probability(0, 10)

@@ -54,9 +54,11 @@ class ProgressiveSchedule:
 
 @dataclass(frozen=True)
 class FixedSchedule:
-    """A constant p (the paper's fixed-p ablation), then p = 1 (the student alone) for the last
-    ``final_fraction`` of the epochs, as the paper fine-tunes (300 epochs, then 30 of the student alone): the tested
-    network has trained alone on the same share of the budget as under the progressive schedule."""
+    """A constant p (the paper's fixed-p ablation), then p = 1 (the student alone) for the epochs the progressive
+    schedule with the same ``final_fraction`` spends at p = 1: its F = floor(E * final_fraction) final epochs and
+    the epoch where its rise reaches 1, so that the tested network has trained alone on the same share of the
+    budget under both (the paper: 300 epochs, then 30 of the student alone). At E = 3 that is the last epoch;
+    ``final_fraction`` 0: none."""
 
     p: float
     final_fraction: float = 0.1
@@ -67,7 +69,12 @@ class FixedSchedule:
         if not 0.0 <= self.final_fraction < 1.0:
             raise ValueError(f"final_fraction must be in [0, 1), got {self.final_fraction}")
 
+    def alone_epochs(self, total_epochs: int) -> int:
+        """How many final epochs train the student alone."""
+        if self.final_fraction == 0.0:
+            return 0
+        return min(math.floor(total_epochs * self.final_fraction + 1e-9) + 1, total_epochs - 1)
+
     def __call__(self, epoch: int, total_epochs: int) -> float:
         _check_epoch(epoch, total_epochs)
-        final = math.floor(total_epochs * self.final_fraction + 1e-9)
-        return 1.0 if epoch - 1 >= total_epochs - final else float(self.p)
+        return 1.0 if epoch - 1 >= total_epochs - self.alone_epochs(total_epochs) else float(self.p)
