@@ -12,6 +12,11 @@ def _check_epoch(epoch: int, total_epochs: int) -> None:
         raise ValueError(f"epoch {epoch} outside 1..{total_epochs} (epochs are counted from 1)")
 
 
+def _epochs_of(total_epochs: int, fraction: float) -> int:
+    """floor(E * fraction) whole epochs (the warm-up or final share of a schedule)."""
+    return math.floor(total_epochs * fraction + 1e-9)
+
+
 def replacement_probability(epoch: int, total_epochs: int, warmup_fraction: float = 0.1,
                             final_fraction: float = 0.1, initial_p: float = 0.5) -> float:
     """Progressive schedule: ``initial_p`` for the W = floor(E * warmup_fraction) warm-up epochs, a linear rise to
@@ -22,8 +27,8 @@ def replacement_probability(epoch: int, total_epochs: int, warmup_fraction: floa
     - 1 once ``epoch - 1 >= E - F``
     """
     _check_epoch(epoch, total_epochs)
-    warmup = math.floor(total_epochs * warmup_fraction + 1e-9)
-    final = math.floor(total_epochs * final_fraction + 1e-9)
+    warmup = _epochs_of(total_epochs, warmup_fraction)
+    final = _epochs_of(total_epochs, final_fraction)
     done = epoch - 1
     if done <= warmup:
         return float(initial_p)
@@ -73,7 +78,7 @@ class FixedSchedule:
         """How many final epochs train the student alone."""
         if self.final_fraction == 0.0:
             return 0
-        return min(math.floor(total_epochs * self.final_fraction + 1e-9) + 1, total_epochs - 1)
+        return min(_epochs_of(total_epochs, self.final_fraction) + 1, total_epochs - 1)
 
     def __call__(self, epoch: int, total_epochs: int) -> float:
         _check_epoch(epoch, total_epochs)

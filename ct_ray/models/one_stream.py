@@ -141,8 +141,8 @@ class CenterHead(nn.Module):
         """Output biases at the priors of a fresh head, as RetinaNet and CenterNet start their focal-loss heads: the
         score map at the probability of one positive cell in ``feat_size**2`` and the size map at the target's size
         in a search crop of context ``search_factor`` (``1 / search_factor``). With zero biases every cell starts at
-        0.5, the focal loss starts near 12 and a tracker trained from scratch spent its first 5-8 of 20 epochs
-        pushing the score map down before it learned to localise (docs/METHOD.md, "Departures")."""
+        0.5, the focal loss starts near 12 and a tracker trained from scratch spent its first 5-9 of 20 epochs
+        pushing the score map down before it learned to localise (docs/METHOD.md section 1, "Departure")."""
         cells = feat_size * feat_size
         nn.init.constant_(self.conv5_ctr.bias, -math.log(cells - 1))
         size = 1.0 / search_factor
