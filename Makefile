@@ -17,7 +17,7 @@ install: $(VENV)/.installed
 
 # The main job: `ct-ray quickstart` on the embedded defaults (local Ray on 127.0.0.1, the local MLflow store
 # ./mlflow.db, generated synthetic data): data, a 12-block teacher, CompressTracker-4 and both baselines, evaluated on
-# the held-out test sequences, one table. PRESET=full for the bigger study.
+# the held-out test sequences, one table. PRESET=full: the same teacher, students on twice the budget.
 PRESET ?= small
 quickstart: install
 	$(BIN)/ct-ray quickstart --preset $(PRESET)
