@@ -1,7 +1,7 @@
 """``ct-ray quickstart`` / ``ct-ray ablations``: presets, derived arms, the summary table, and a whole tiny study."""
 import json
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,7 +18,7 @@ from ct_ray.studies.design import (
     quickstart_arms,
     rebase,
 )
-from ct_ray.studies.paired_stats import TrackerResult, paired_difference, summarise
+from ct_ray.studies.paired_stats import Difference, TrackerResult, paired_difference, summarise
 from ct_ray.studies.tables import format_markdown, gap_note, train_gap_note
 from ct_ray.training.experiment import RunKind, ScheduleKind
 
@@ -359,8 +359,6 @@ def test_gpu_study_on_a_machine_without_gpus_is_refused_before_work(tmp_path, ra
 
 
 def test_notes_name_the_sequences_they_were_scored_on():
-    from ct_ray.studies.paired_stats import Difference
-
     gap = Difference(mean=3.26, low=2.0, high=4.6, sequences=300, seeds=1)
     assert gap_note(gap) == ("teacher - student only (same student budget): +3.3 AUC [+2.0, +4.6] over 300 test "
                              "sequences: the accuracy that compression has to keep")
