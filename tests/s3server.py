@@ -87,7 +87,10 @@ def start_s3_server() -> S3Server:
                f"-volume.port.grpc={volume_grpc}", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
                "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={folder / 'ids.json'}",
                "-master.telemetry=false", "-iam=false", "-webdav=false", "-mq.broker=false", "-mq.agent=false",
-               "-sftp=false", "-volume.max=32", "-master.volumeSizeLimitMB=64"]
+               "-sftp=false", "-volume.max=32", "-master.volumeSizeLimitMB=64",
+               # the default (1% of the disk) turns every volume read-only on a nearly full CI disk, where the
+               # tests still have room for the few MB they write
+               "-volume.minFreeSpace=256MiB"]
     log = open(folder / "weed.log", "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = S3Server(f"127.0.0.1:{s3}", process, folder)
