@@ -2,6 +2,7 @@
 pipeline, on a small LaSOT-format tree the test writes."""
 import json
 from collections import Counter
+import time
 from pathlib import Path
 
 import numpy as np
@@ -350,6 +351,40 @@ def test_worker_pipeline_is_fresh_per_epoch_repeatable_and_counts_a_corrupt_row(
     assert ray.get(counter.counts.remote()).get("corrupt_jpeg", 0) >= 1
     sample = run[1][0]
     assert sample["search"].shape == (64, 64, 3) and sample["template"].shape == (32, 32, 3)
+
+
+def test_worker_stream_draws_ahead_across_epochs_in_the_same_order(ray_session, tmp_path):
+    """The background thread keeps drawing while the worker reads nothing (the end of an epoch), up to its row
+    budget; the rows and their order are those of one task at a time with nothing drawn ahead; a failed item is
+    raised at the worker's next read."""
+    from ct_ray.orchestration.data_pipeline import SampleSettings, SampleStream
+
+    config = StreamConfig(preset="easy", height=96, width=128, frames=12, frames_per_sequence=4, pairs_per_sequence=4)
+    source = StreamSource(config, PairSamplingConfig(template_size=32, search_size=64), seed=0)
+    settings = SampleSettings(seed=0, template_size=32, search_size=64, search_factor=4.0, jitter=JitterConfig(),
+                              augment=AugmentConfig())
+
+    def blocks(stream):
+        return [(int(b["epoch"][0]), b["pair_index"].tolist(), b["search"]) for b in stream]
+
+    plain = blocks(SampleStream(source, settings, 1, 2, rank=0, world=1, rows=8, tasks=1, ahead_rows=0))
+    ahead = SampleStream(source, settings, 1, 2, rank=0, world=1, rows=8, tasks=3, ahead_rows=12)
+    deadline = time.monotonic() + 60
+    while ahead.ready_rows() <= 8 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert 8 < ahead.ready_rows() <= 12  # items of up to 4 rows drawn before the first read, within the budget
+    first = next(ahead)
+    drawn = [(int(first["epoch"][0]), first["pair_index"].tolist(), first["search"])] + blocks(ahead)
+    assert all(sum(len(b[1]) for b in plain if b[0] == epoch) >= 8 for epoch in (1, 2))
+    assert [b[:2] for b in drawn] == [b[:2] for b in plain] and [b[0] for b in plain] == sorted(b[0] for b in plain)
+    assert all(np.array_equal(a[2], b[2]) for a, b in zip(drawn, plain))
+
+    missing = ShardSource(((str(tmp_path / "gone.parquet"), 8),), SAMPLING, seed=0, shuffle_files=False)
+    broken = SampleStream(missing, settings, 1, 1, rank=0, world=1, rows=4, tasks=1, ahead_rows=4)
+    with pytest.raises(Exception, match="gone.parquet"):
+        next(broken)
+    broken.close()
 
 
 def test_wrong_schema_old_format_and_broken_manifest_name_the_file(lasot_root, tmp_path):

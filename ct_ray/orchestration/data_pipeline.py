@@ -3,15 +3,17 @@
 Every training worker streams its own samples: its work items (``ct_ray.data.sources``: shard row groups or new
 synthetic sequences) go to a small window of Ray tasks (``SampleStream``) that read (or render) an item's rows and
 draw its samples (``ct_ray.data.samples.sample_pairs``: search window, crop, augmentation, seeded by run seed, epoch
-and pair index) on the cluster's CPUs, rows in item order. The worker cuts them into exactly ``steps_per_epoch`` batches per
-epoch with a seeded shuffle buffer (``EpochBatches``) and normalises on its own device. Everything is a function of
-the seed and the epoch, so two runs of one config see the same batches and a run resumed at epoch ``e`` starts
-reading at epoch ``e`` without decoding what it skips. Rows that training cannot use are dropped in the sampling
-tasks and counted by a small actor (``DropCounter``).
+and pair index) on the cluster's CPUs, rows in item order, collected up to a shuffle buffer ahead by a thread of the
+worker so that an epoch's first batch does not wait for its rows. The worker cuts them into exactly
+``steps_per_epoch`` batches per epoch with a seeded shuffle buffer (``EpochBatches``) and normalises on its own
+device. Everything is a function of the seed and the epoch, so two runs of one config see the same batches and a run
+resumed at epoch ``e`` starts reading at epoch ``e`` without decoding what it skips. Rows that training cannot use
+are dropped in the sampling tasks and counted by a small actor (``DropCounter``).
 """
 from __future__ import annotations
 
 import collections
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
@@ -150,37 +152,85 @@ def _sample_task(source: TrainingSource, settings: SampleSettings, item: dict, r
 class SampleStream:
     """The samples of one training worker for epochs ``first_epoch .. last_epoch``, in work-item order.
 
-    Every item (``ct_ray.data.sources``) is one Ray task on the cluster's CPUs; at most ``tasks`` run ahead of
-    the item the worker is reading, so the data keeps pace with training without competing with it for every core.
-    Plain tasks rather than a Ray Data pipeline: here they cost 3.7 ms of CPU per sample against 5.1-5.5 ms for
-    ``map_batches`` (1.9 ms of it is the sampling itself), and no streaming executor runs inside the training process
-    (``benchmarks/data_throughput.py``)."""
+    Every item (``ct_ray.data.sources``) is one Ray task on the cluster's CPUs, at most ``tasks`` at a time, so the
+    data keeps pace with training without competing with it for every core. A background thread collects the items
+    in order and keeps up to ``ahead_rows`` rows ready beyond what the worker has taken (at least one item): while
+    the worker drains its shuffle buffer at the end of an epoch, the next epoch's rows are drawn, so the first batch
+    of an epoch does not wait for a whole buffer of new rows. Which rows arrive, and in which order, does not depend
+    on ``tasks``, ``ahead_rows`` or timing. Plain tasks rather than a Ray Data pipeline: here they cost 3.7 ms of CPU
+    per sample against 5.1-5.5 ms for ``map_batches`` (1.9 ms of it is the sampling itself), and no streaming
+    executor runs inside the training process (``benchmarks/data_throughput.py``)."""
 
     def __init__(self, source: TrainingSource, settings: SampleSettings, first_epoch: int, last_epoch: int,
-                 rank: int, world: int, rows: int, counter=None, tasks: int = 2) -> None:
-        self._items = ((epoch, item) for epoch in range(first_epoch, last_epoch + 1)
-                       for item in source.items(epoch, rank, world, rows))
+                 rank: int, world: int, rows: int, counter=None, tasks: int = 2, ahead_rows: int = 0) -> None:
+        items = ((epoch, item) for epoch in range(first_epoch, last_epoch + 1)
+                 for item in source.items(epoch, rank, world, rows))
         # Outside any placement group: inside a Tune trial the worker's bundle holds only the worker itself.
         task = _sample_task.options(scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
         self._submit = lambda item: task.remote(source, settings, item, rank, counter)
-        self._pending: collections.deque = collections.deque()
-        for _ in range(max(1, tasks)):
-            self._launch()
+        self._items, self._tasks, self._ahead_rows = items, max(1, tasks), max(0, ahead_rows)
+        self._ready: collections.deque = collections.deque()
+        self._ready_rows = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._produce, name="ct-ray-samples", daemon=True)
+        self._thread.start()
 
-    def _launch(self) -> None:
-        entry = next(self._items, None)
-        if entry is not None:
-            self._pending.append(self._submit(entry[1]))
+    def _produce(self) -> None:
+        pending: collections.deque = collections.deque()
+        try:
+            while not self._stop.is_set():
+                while len(pending) < self._tasks:
+                    entry = next(self._items, None)
+                    if entry is None:
+                        break
+                    pending.append(self._submit(entry[1]))
+                if not pending:
+                    break
+                block = ray.get(pending.popleft())
+                size = len(block["pair_index"])
+                with self._changed:
+                    while (self._ready and self._ready_rows + size > self._ahead_rows
+                           and not self._stop.is_set()):
+                        self._changed.wait(0.5)
+                    self._ready.append(block)
+                    self._ready_rows += size
+                    self._changed.notify_all()
+        except BaseException as exc:  # raised to the worker at its next read
+            self._error = exc
+        finally:
+            with self._changed:
+                self._done = True
+                self._changed.notify_all()
+
+    def ready_rows(self) -> int:
+        """Rows drawn and waiting for the worker."""
+        with self._changed:
+            return self._ready_rows
+
+    def close(self) -> None:
+        """Stops drawing items (the tasks in flight finish on their own)."""
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
 
     def __iter__(self) -> "SampleStream":
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        if not self._pending:
-            raise StopIteration
-        ref = self._pending.popleft()
-        self._launch()
-        return ray.get(ref)
+        with self._changed:
+            while not self._ready and not self._done:
+                self._changed.wait()
+            if self._ready:
+                block = self._ready.popleft()
+                self._ready_rows -= len(block["pair_index"])
+                self._changed.notify_all()
+                return block
+        if self._error is not None:
+            raise self._error
+        raise StopIteration
 
 
 def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:

@@ -253,7 +253,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     rows = steps * config.data.batch_size
     stream = SampleStream(loop_config["source"], loop_config["settings"], worker.start_epoch, config.run.epochs,
                           worker.rank, worker.world, rows, loop_config.get("drop_counter"),
-                          tasks=config.data.sample_tasks)
+                          tasks=config.data.sample_tasks,
+                          ahead_rows=max(config.data.shuffle_buffer, config.data.batch_size))
     batches = worker_batches(stream, config.data.batch_size, steps, config.data.shuffle_buffer, config.run.seed,
                              worker.rank)
     val_sequences = None
@@ -263,24 +264,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             val_sequences = val_sequences[:config.data.val_max_sequences]
 
     metrics: dict[str, Any] = {}
-    for epoch in range(worker.start_epoch, config.run.epochs + 1):
-        torch.manual_seed(epoch_seed(config.run.seed, epoch, worker.rank))
-        metrics = _train_epoch(worker, batches.epoch(epoch), epoch, steps, loop_config.get("progress"))
-        validation_epoch = bool(config.data.val_dataset) and (epoch % config.run.validate_every == 0
-                                                              or epoch == config.run.epochs)
-        curve = None
-        if validation_epoch:
-            validated = validate(trained_tracker(worker.model), val_sequences, worker.device, worker.rank,
-                                 worker.world)
-            if validated is not None:
-                scores, curve = validated
-                metrics.update(scores)
-                worker.best_score = max(worker.best_score, metrics["val_auc"])
-                if loop_config.get("progress") is not None:
-                    loop_config["progress"].update.remote({"val_auc": metrics["val_auc"]})
-        metrics["checkpoint_score"] = metrics.get("val_auc", -1.0)
-        save = epoch % config.run.checkpoint_every == 0 or epoch == config.run.epochs or validation_epoch
-        _report(worker, epoch, metrics, curve, save)
+    try:
+        for epoch in range(worker.start_epoch, config.run.epochs + 1):
+            torch.manual_seed(epoch_seed(config.run.seed, epoch, worker.rank))
+            metrics = _train_epoch(worker, batches.epoch(epoch), epoch, steps, loop_config.get("progress"))
+            validation_epoch = bool(config.data.val_dataset) and (epoch % config.run.validate_every == 0
+                                                                  or epoch == config.run.epochs)
+            curve = None
+            if validation_epoch:
+                validated = validate(trained_tracker(worker.model), val_sequences, worker.device, worker.rank,
+                                     worker.world)
+                if validated is not None:
+                    scores, curve = validated
+                    metrics.update(scores)
+                    worker.best_score = max(worker.best_score, metrics["val_auc"])
+                    if loop_config.get("progress") is not None:
+                        loop_config["progress"].update.remote({"val_auc": metrics["val_auc"]})
+            metrics["checkpoint_score"] = metrics.get("val_auc", -1.0)
+            save = epoch % config.run.checkpoint_every == 0 or epoch == config.run.epochs or validation_epoch
+            _report(worker, epoch, metrics, curve, save)
+    finally:
+        stream.close()
     if worker.metrics_out is not None:
         unsent = worker.metrics_out.close()
         if unsent:
