@@ -1,8 +1,8 @@
 """Pair sampling, crop-pair shards, sample-time geometry and augmentation, the synthetic stream and the Ray Data
 pipeline, on a small LaSOT-format tree the test writes."""
 import json
-from collections import Counter
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
