@@ -311,6 +311,28 @@ def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray
     assert main(["quickstart", "--preset", str(preset_file), "--out", str(out), "--set", "teacher.run.epochs=2"]) == 2
     assert "runs/teacher was trained with another config: run.epochs (1 there, 2 now)" in capsys.readouterr().err
 
+    # Against a preset's reference quickstarts (an embedded preset's, here three made-up ones around this study):
+    # the runs and evaluations are reused, the check lands in the summary, the Markdown and the study's MLflow run.
+    from ct_ray.orchestration.study import run_study
+    from ct_ray.studies.reference import PresetReference, ReferenceRun
+
+    t, ct, so, d = (trackers[n]["auc"] for n in ("teacher", "ct2-s0", "ct2-student-only-s0", "ct2-distillation-s0"))
+    reference = PresetReference("tiny", "three made-up runs", [
+        ReferenceRun(f"run {i}", min(100.0, t + 10 + i), ct + i, so + 2 * i, d + 1) for i in (1.0, 2.0, 3.0)])
+    preset = load_preset(preset_file)
+    outcome = run_study(preset, out, quickstart_arms(preset), [0], name="quickstart", reference=reference)
+    checks = {c["quantity"]: c for c in json.loads((out / "quickstart.json").read_text())["reference_check"]}
+    assert checks["teacher AUC"]["value"] == pytest.approx(t)
+    assert checks["teacher AUC"]["within"] is False  # t against t+11, t+12, t+13: interval t+12 +- 4.97
+    assert checks["teacher - student only"]["value"] == pytest.approx(t - so)
+    distillation = checks["distillation - CompressTracker"]
+    assert distillation["within"] is (distillation["low"] <= d - ct <= distillation["high"])
+    assert outcome.reference[-1].startswith("reproduces the reference: no (")
+    assert "reproduces the reference: no" in (out / "quickstart.md").read_text()
+    study_run = client.get_run(outcome.mlflow_run_id)
+    assert study_run.data.metrics["reference_within"] == sum(c["within"] for c in checks.values())
+    assert study_run.data.metrics["reference_quantities"] == 5
+
 
 def test_bad_preset_and_seeds_are_rejected_before_work(tmp_path):
     from ct_ray.cli import main

@@ -229,6 +229,8 @@ def _print_study(outcome, title: str) -> None:
     print()
     print(title)
     print(outcome.table)
+    for line in outcome.reference:
+        print(line)
     for name, path in outcome.files.items():
         print(f"{name:>9}: {path}")
     if outcome.mlflow_uri:
@@ -243,6 +245,26 @@ def _scored_on(preset) -> str:
     return f"the {preset.evaluation.split} sequences of the study's benchmark (data/benchmark)"
 
 
+def _reference(args: argparse.Namespace):
+    """The embedded preset's reference quickstarts when this study runs that preset as measured (any teacher or
+    student seed; ct_ray/studies/reference.py), else None with a line saying why not."""
+    from ct_ray.studies.design import Preset
+    from ct_ray.studies.reference import load_reference
+
+    if args.preset not in {p.value for p in Preset}:
+        return None
+    reference = load_reference(args.preset)
+    changed = [o for o in args.set or () if not o.replace(" ", "").startswith("teacher.run.seed=")]
+    changed += [flag for flag, value in (("--workers", args.workers), ("--gpu", args.gpu),
+                                         ("--heldout-sequences", args.heldout_sequences)) if value]
+    if reference is None:
+        print(f"no reference check: the {args.preset} preset ships no reference quickstarts")
+    elif changed:
+        print(f"no reference check: {', '.join(changed)} change(s) what the {args.preset} preset's reference measured")
+        reference = None
+    return reference
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Data, a 12-block teacher, CompressTracker-4 and both baselines on its budget, all evaluated: one table."""
     from ct_ray.orchestration.study import run_study
@@ -252,7 +274,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
                           args.heldout_sequences)
     out = args.out or f"outputs/quickstart-{preset.name}"
     outcome = run_study(preset, out, quickstart_arms(preset), [args.seed], name="quickstart",
-                        ray_address=args.address)
+                        ray_address=args.address, reference=_reference(args))
     _print_study(outcome, f"quickstart ({preset.name} preset, seed {args.seed}): {_scored_on(preset)}")
     return 0
 
@@ -274,7 +296,8 @@ def cmd_ablations(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     out = args.out or f"outputs/quickstart-{preset.name}"
     arms = ablation_arms(preset, files, baselines=not args.no_baselines)
-    outcome = run_study(preset, out, arms, seeds, name="ablations", ray_address=args.address)
+    outcome = run_study(preset, out, arms, seeds, name="ablations", ray_address=args.address,
+                        reference=_reference(args))
     _print_study(outcome, f"ablations ({preset.name} preset, seeds {args.seeds}; mean ± standard deviation over "
                           f"seeds): {_scored_on(preset)}")
     return 0

@@ -154,13 +154,38 @@ def git_commit(cwd: str | Path | None = None) -> str:
     return commit or os.environ.get("CT_RAY_GIT_COMMIT", "unknown")
 
 
+KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+"""Environment variables that choose the CPU kernels PyTorch runs (and so the floating-point results)."""
+
+
+def cpu_model() -> str:
+    """The CPU's model name with its family and model numbers (Linux), else what ``platform`` knows."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    return name
+
+
 def environment_tags() -> dict[str, str]:
-    """Git commit, package versions and hardware, so that a result can be reproduced."""
+    """Git commit, package versions and hardware (the CPU and the vector instructions PyTorch's kernels use, which
+    decide the floating-point results), so that a result can be reproduced and a difference traced."""
     import torch
 
     tags = {"git_commit": git_commit(), "python": platform.python_version(), "platform": platform.platform(),
-            "cpu_count": str(os.cpu_count()),
+            "cpu_count": str(os.cpu_count()), "cpu_model": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
+    tags.update({f"env.{name}": os.environ[name] for name in KERNEL_VARIABLES if os.environ.get(name)})
     for package in ("torch", "timm", "ray", "mlflow", "numpy", "opencv-python-headless", "ct-ray"):
         try:
             tags[f"version.{package}"] = metadata.version(package)

@@ -45,8 +45,9 @@ from ct_ray.fileio import atomic_write_text
 from ct_ray.orchestration import console, mlflow_runs
 from ct_ray.studies.design import TEACHER_FILE, Arm, StudyPreset, rebase
 from ct_ray.studies.paired_stats import Row, TrackerResult, gap_to, summarise
+from ct_ray.studies.reference import PresetReference, ReferenceCheck, check_against, format_checks
 from ct_ray.studies.tables import format_markdown, format_table, gap_note, row_metrics, train_gap_note
-from ct_ray.training.experiment import ExperimentConfig, check_experiment
+from ct_ray.training.experiment import ExperimentConfig, RunKind, check_experiment
 
 
 # ------------------------------------------------------------------------------------------------------------ study
@@ -60,6 +61,7 @@ class StudyOutcome:
     mlflow_uri: str | None
     mlflow_run_id: str | None
     notes: list[str] = dataclasses.field(default_factory=list)
+    reference: list[str] = dataclasses.field(default_factory=list)  # the check against the preset's reference
 
 
 TRAIN_SEQUENCES = 20
@@ -220,10 +222,12 @@ def _depth(checkpoint: str) -> int:
 
 
 def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequence[int], *, name: str,
-              ray_address: str | None = None, say: Callable[[str], None] = print) -> StudyOutcome:
+              ray_address: str | None = None, say: Callable[[str], None] = print,
+              reference: PresetReference | None = None) -> StudyOutcome:
     """Teacher (trained once, reused), every arm for every seed, every tracker evaluated on the study's test set
     (``scoring_set``); writes ``<name><suffix>.json`` and ``.md`` into ``out`` and logs them to the study's MLflow
-    run."""
+    run. With a ``reference`` (the preset's reference quickstarts), the teacher and the three quickstart arms are
+    also checked against its prediction intervals (``ct_ray.studies.reference``)."""
     from ct_ray.orchestration.cluster import init_ray
 
     if not seeds:
@@ -324,19 +328,49 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
         notes = [note for note in (gap_note(gap_to(alone[0], teacher), scored_on=scored_on) if alone else None,
                                    train_gap_note(on_train.auc, teacher.auc, len(on_train.sequence_auc), scored_on))
                  if note]
+        checks = _reference_checks(reference, arms, teacher, per_arm) if reference else []
+        lines = format_checks(reference, checks) if checks else []
+        if reference and not checks:
+            say("  no reference check: it needs the CompressTracker, student-only and distillation arms")
         table = format_table(rows) + "".join(f"\n{note}" for note in notes)
-        files = _write_outputs(out, name, preset, rows, results, notes)
+        files = _write_outputs(out, name, preset, rows, results, notes, checks, lines)
         if parent is not None:
             for path in files.values():
                 mlflow_runs.log_artifact(uri, parent_id, path)
-            mlflow_runs.log_metrics(uri, parent_id, row_metrics(rows), step=0)
-            _describe_study(parent, experiment, name, rows, results, notes, out)
+            metrics = row_metrics(rows)
+            if checks:
+                metrics.update(reference_within=float(sum(c.within for c in checks)),
+                               reference_quantities=float(len(checks)))
+            mlflow_runs.log_metrics(uri, parent_id, metrics, step=0)
+            _describe_study(parent, experiment, name, rows, results, notes, out, lines)
     return StudyOutcome(out=out, rows=rows, results=results, table=table, files=files, mlflow_uri=uri,
-                        mlflow_run_id=parent_id, notes=notes)
+                        mlflow_run_id=parent_id, notes=notes, reference=lines)
+
+
+def _reference_checks(reference: PresetReference, arms: list[Arm], teacher: TrackerResult,
+                      per_arm: dict[str, list[TrackerResult]]) -> list[ReferenceCheck]:
+    """The study's AUCs (seed means) against the reference; none when an arm of the quickstart is missing."""
+    kinds: dict[RunKind, str] = {}
+    for arm in arms:  # the first arm of each kind: CompressTracker comes before its ablations
+        kinds.setdefault(arm.config.kind, arm.label)
+    means = {}
+    for kind in (RunKind.COMPRESSTRACKER, RunKind.STUDENT_ONLY, RunKind.DISTILLATION):
+        results = per_arm.get(kinds.get(kind, ""), [])
+        if not results:
+            return []
+        means[kind] = float(np.mean([r.auc for r in results]))
+    return check_against(reference, teacher.auc, means[RunKind.COMPRESSTRACKER], means[RunKind.STUDENT_ONLY],
+                         means[RunKind.DISTILLATION])
+
+
+def _code_block(lines: Sequence[str]) -> str:
+    """The reference check under a Markdown table (its columns are aligned with spaces)."""
+    return "\n\n```\n" + "\n".join(lines) + "\n```" if lines else ""
 
 
 def _describe_study(parent: mlflow_runs.TrackedRun, experiment: str, name: str, rows: list[Row],
-                    results: list[TrackerResult], notes: list[str], out: Path) -> None:
+                    results: list[TrackerResult], notes: list[str], out: Path,
+                    reference_lines: Sequence[str] = ()) -> None:
     """The study run's page: the table as its description with a link to every tracker's run, and the plots a reader
     looks at (success and precision of all trackers, AUC against FPS, the arms' training curves)."""
     from ct_ray.evaluation.plots import curve_plot, speed_accuracy_plot, training_curves_plot
@@ -345,7 +379,8 @@ def _describe_study(parent: mlflow_runs.TrackedRun, experiment: str, name: str, 
     experiment_id = mlflow_runs.experiment_id(parent.uri, experiment)
     links = [f"[{r.run_name}](#/experiments/{experiment_id}/runs/{r.mlflow_run_id})" for r in results
              if r.mlflow_run_id]
-    parent.describe(f"## {name}\n\n{format_markdown(rows, notes)}\n\nRuns: {', '.join(links)}\n")
+    parent.describe(f"## {name}\n\n{format_markdown(rows, notes)}{_code_block(reference_lines)}\n\n"
+                    f"Runs: {', '.join(links)}\n")
     plots = out / "plots" / name
     by_arm: dict[str, list[TrackerResult]] = {}
     for result in results:
@@ -382,13 +417,15 @@ def _describe_study(parent: mlflow_runs.TrackedRun, experiment: str, name: str, 
 
 
 def _write_outputs(out: Path, name: str, preset: StudyPreset, rows: list[Row], results: list[TrackerResult],
-                   notes: list[str]) -> dict[str, Path]:
+                   notes: list[str], checks: Sequence[ReferenceCheck] = (), reference_lines: Sequence[str] = ()
+                   ) -> dict[str, Path]:
     summary = {"study": name, "preset": preset.name, "preset_config": to_dict(preset),
                "rows": [r.to_dict() for r in rows], "trackers": [dataclasses.asdict(r) for r in results],
-               "notes": notes, "environment": mlflow_runs.environment_tags()}
+               "notes": notes, "reference_check": [c.to_dict() for c in checks],
+               "environment": mlflow_runs.environment_tags()}
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
     atomic_write_text(json_path, json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(md_path, format_markdown(rows, notes) + "\n")
+    atomic_write_text(md_path, format_markdown(rows, notes) + _code_block(reference_lines) + "\n")
     return {"json": json_path, "markdown": md_path}
 
 

@@ -1,0 +1,79 @@
+"""A quickstart of an embedded preset against the preset's reference quickstarts (ct_ray/studies/reference.py)."""
+import argparse
+import math
+
+import pytest
+
+from ct_ray.cli.commands import _reference
+from ct_ray.config import ConfigError, from_dict
+from ct_ray.studies.reference import (
+    PresetReference,
+    check_against,
+    format_checks,
+    load_reference,
+    prediction_interval,
+)
+
+
+def test_prediction_interval_is_students_t_for_one_new_draw():
+    low, high = prediction_interval([1.0, 2.0, 3.0])  # mean 2, s 1, t(0.975, 2) = 4.303
+    assert (low + high) / 2 == pytest.approx(2.0)
+    assert high - 2.0 == pytest.approx(4.303 * math.sqrt(1 + 1 / 3), rel=1e-6)
+    assert prediction_interval([5.0] * 4) == (5.0, 5.0)
+    with pytest.raises(ValueError, match="at least two"):
+        prediction_interval([1.0])
+
+
+def test_small_preset_reference_holds_its_own_runs_and_rejects_the_memorising_teacher():
+    reference = load_reference("small")
+    assert reference is not None and len(reference.runs) >= 5 and load_reference("full") is None
+    for run in reference.runs:  # each reference run lies within the intervals of all of them
+        checks = check_against(reference, run.teacher, run.compresstracker, run.student_only, run.distillation)
+        assert all(c.within for c in checks), run.label
+    # The table of the issue that started this check (a teacher that memorised 30 sequences on another machine).
+    checks = {c.quantity: c for c in check_against(reference, 10.4, 11.4, 22.7, 12.3)}
+    assert not checks["teacher AUC"].within and not checks["teacher - student only"].within
+    assert checks["teacher - student only"].value == pytest.approx(10.4 - 22.7)
+    assert checks["CompressTracker retention %"].value == pytest.approx(100 * 11.4 / 10.4)
+    lines = format_checks(reference, list(checks.values()))
+    assert lines[-1].startswith("reproduces the reference: no (") and "OUTSIDE" in lines[1]
+    teacher = checks["teacher AUC"]
+    assert teacher.reference_min == min(r.teacher for r in reference.runs) < teacher.high
+
+
+def test_a_reference_needs_three_runs_and_auc_values():
+    run = {"label": "a", "teacher": 60.0, "compresstracker": 55.0, "student_only": 50.0, "distillation": 55.0}
+    with pytest.raises(ConfigError, match="at least 3 runs"):
+        from_dict(PresetReference, {"preset": "x", "measured": "m", "runs": [run, run]})
+    with pytest.raises(ConfigError, match="student_only must be an AUC"):
+        from_dict(PresetReference, {"preset": "x", "measured": "m", "runs": [run, run, {**run, "student_only": 0}]})
+    with pytest.raises(ConfigError, match="runs\\[0\\]"):
+        from_dict(PresetReference, {"preset": "x", "measured": "m", "runs": [{**run, "speed": 1}, run, run]})
+
+
+def _args(**changes):
+    args = dict(preset="small", set=None, workers=None, gpu=False, heldout_sequences=None)
+    return argparse.Namespace(**{**args, **changes})
+
+
+def test_the_reference_applies_to_the_preset_as_measured_with_any_teacher_seed(capsys):
+    assert _reference(_args()).preset == "small"
+    assert _reference(_args(set=["teacher.run.seed=3"])) is not None
+    assert capsys.readouterr().out == ""
+    assert _reference(_args(set=["teacher.run.seed=3", "teacher.run.epochs=60"])) is None
+    assert "no reference check: teacher.run.epochs=60 change(s)" in capsys.readouterr().out
+    assert _reference(_args(heldout_sequences=300)) is None
+    assert "--heldout-sequences" in capsys.readouterr().out
+    assert _reference(_args(preset="full")) is None
+    assert "ships no reference" in capsys.readouterr().out
+    assert _reference(_args(preset="my-preset.yaml")) is None
+
+
+def test_every_run_records_the_cpu_and_the_kernels_that_set_its_floating_point_results(monkeypatch):
+    from ct_ray.orchestration.mlflow_runs import environment_tags
+
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    tags = environment_tags()
+    assert tags["cpu_model"].strip() and tags["cpu_capability"].strip()  # e.g. "AMD EPYC (family 25 model 17)", AVX512
+    assert tags["env.ONEDNN_MAX_CPU_ISA"] == "AVX2" and "env.MKL_ENABLE_INSTRUCTIONS" not in tags
