@@ -18,21 +18,26 @@ from typing import Callable
 
 from ct_ray.config import from_dict, read_yaml
 
-# Two-sided 95% quantiles of Student's t by degrees of freedom (1..30); the normal's 1.96 beyond.
+# Two-sided 95% quantiles of Student's t by degrees of freedom (1..30, then 40, 60, 120).
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+_T975_TAIL = [(40, 2.021), (60, 2.000), (120, 1.980)]
 
 
 def t975(degrees_of_freedom: int) -> float:
+    """Student's t quantile; between tabulated degrees of freedom, the one below (a slightly wider interval)."""
     if degrees_of_freedom < 1:
         raise ValueError("a prediction interval needs at least two reference values")
-    return _T975[degrees_of_freedom - 1] if degrees_of_freedom <= len(_T975) else 1.96
+    if degrees_of_freedom <= len(_T975):
+        return _T975[degrees_of_freedom - 1]
+    below = [t for df, t in [(len(_T975), _T975[-1]), *_T975_TAIL] if df <= degrees_of_freedom]
+    return below[-1]
 
 
 def prediction_interval(values: list[float]) -> tuple[float, float]:
     """The 95% interval for one new draw from the population the values were drawn from."""
     n = len(values)
-    mean, sd = statistics.fmean(values), statistics.stdev(values) if n > 1 else 0.0
+    mean, sd = statistics.fmean(values), (statistics.stdev(values) if n > 1 else 0.0)
     half = t975(n - 1) * sd * math.sqrt(1.0 + 1.0 / n)
     return mean - half, mean + half
 
@@ -67,14 +72,14 @@ class PresetReference:
             raise ValueError(f"reference of {self.preset!r}: at least 3 runs give a spread, got {len(self.runs)}")
 
 
-# Each quantity of the check: its name and how it is read off the four AUCs (teacher, CompressTracker, student alone,
-# distillation).
-QUANTITIES: dict[str, Callable[[float, float, float, float], float]] = {
-    "teacher AUC": lambda t, ct, so, d: t,
-    "teacher - student only": lambda t, ct, so, d: t - so,
-    "CompressTracker - student only": lambda t, ct, so, d: ct - so,
-    "distillation - CompressTracker": lambda t, ct, so, d: d - ct,
-    "CompressTracker retention %": lambda t, ct, so, d: 100.0 * ct / t,
+# Each quantity of the check: its name, how it is read off the four AUCs (teacher, CompressTracker, student alone,
+# distillation), and whether it is a difference (printed with its sign).
+QUANTITIES: dict[str, tuple[Callable[[float, float, float, float], float], bool]] = {
+    "teacher AUC": (lambda t, ct, so, d: t, False),
+    "teacher - student only": (lambda t, ct, so, d: t - so, True),
+    "CompressTracker - student only": (lambda t, ct, so, d: ct - so, True),
+    "distillation - CompressTracker": (lambda t, ct, so, d: d - ct, True),
+    "CompressTracker retention %": (lambda t, ct, so, d: 100.0 * ct / t, False),
 }
 
 
@@ -89,6 +94,7 @@ class ReferenceCheck:
     high: float
     reference_min: float
     reference_max: float
+    signed: bool = False
 
     @property
     def within(self) -> bool:
@@ -104,11 +110,11 @@ def check_against(reference: PresetReference, teacher: float, compresstracker: f
     """Every quantity of a new quickstart (its AUCs) against the reference runs' prediction intervals. A study of
     several student seeds passes its seed means, which vary less than one run: for them the interval is wide."""
     checks = []
-    for name, quantity in QUANTITIES.items():
+    for name, (quantity, signed) in QUANTITIES.items():
         values = [quantity(r.teacher, r.compresstracker, r.student_only, r.distillation) for r in reference.runs]
         low, high = prediction_interval(values)
         checks.append(ReferenceCheck(name, quantity(teacher, compresstracker, student_only, distillation), low, high,
-                                     min(values), max(values)))
+                                     min(values), max(values), signed))
     return checks
 
 
@@ -119,8 +125,7 @@ def format_checks(reference: PresetReference, checks: list[ReferenceCheck]) -> l
     lines = [f"against the {reference.preset} preset's {len(reference.runs)} reference quickstarts "
              f"({reference.measured}); 95% prediction interval of one new run, [range of the reference runs]:"]
     for c in checks:
-        signed = c.quantity != "teacher AUC" and "retention" not in c.quantity
-        fmt = "{:+.1f}" if signed else "{:.1f}"
+        fmt = "{:+.1f}" if c.signed else "{:.1f}"
         lines.append(f"  {c.quantity.ljust(width)}  {fmt.format(c.value):>6}  expected {fmt.format(c.low)} .. "
                      f"{fmt.format(c.high)}  [{fmt.format(c.reference_min)} .. {fmt.format(c.reference_max)}]  "
                      f"{'within' if c.within else 'OUTSIDE'}")
