@@ -230,6 +230,7 @@ TINY_PRESET = {
 
 def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray_session, monkeypatch, capsys):
     from ct_ray.cli import main
+    from ct_ray.orchestration.study import TIMED_PHASES
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -258,6 +259,15 @@ def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray
         if teacher["auc"] > 0:
             assert row["auc_retention_mean"] == pytest.approx(100 * tracker["auc"] / teacher["auc"])
     assert (out / "quickstart.md").read_text().startswith("| tracker | blocks | seeds | AUC |")
+    # The study's own wall clock, by phase: printed, in the JSON, the Markdown and the study's MLflow run.
+    wall = summary["wall_seconds"]
+    assert list(wall) == [*TIMED_PHASES, "total"] and summary["reused_runs"] == []
+    assert all(v >= 0 for v in wall.values()) and wall["teacher"] > 0 and wall["students"] > 0
+    assert sum(wall[p] for p in TIMED_PHASES) <= wall["total"] + 0.3  # each rounded to 0.1 s
+    line = next(l for l in printed.splitlines() if l.startswith("wall clock: "))
+    assert line.startswith(f"wall clock: {wall['total'] / 60:.1f} min here without the set-up (start ")
+    assert "teacher" in line and "with its data" in line and "3 student runs" in line and "reused" not in line
+    assert line in (out / "quickstart.md").read_text()
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("tiny-study")
@@ -273,6 +283,7 @@ def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {"quickstart.json", "quickstart.md"} <= artifacts
     assert parent[0].data.metrics["compresstracker_2_auc"] == pytest.approx(rows["CompressTracker-2"]["auc_mean"])
+    assert parent[0].data.metrics["wall_minutes_total"] == pytest.approx(wall["total"] / 60, abs=0.01)
 
     ablation = tmp_path / "fixed.yaml"
     ablation.write_text(yaml.safe_dump({"label": "fixed p = 0.5", "overrides": ["schedule.kind=fixed"]}))
@@ -291,6 +302,8 @@ def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray
     printed = capsys.readouterr().out
     assert "2 held-out sequences" in printed and printed.count("  training ") == 0
     heldout = json.loads((out / "quickstart_heldout-2.json").read_text())
+    assert heldout["reused_runs"] == ["teacher", "ct2-s0", "ct2-student-only-s0", "ct2-distillation-s0"]
+    assert "teacher 0.0 reused, 3 student runs (3 reused) 0.0," in printed
     assert heldout["preset_config"]["evaluation"]["heldout_sequences"] == 2
     benchmark = json.loads((out / "data" / "heldout-2" / "benchmark.json").read_text())
     assert benchmark["seed"] == 1 and benchmark["sequences"] == 2 and benchmark["frames"] == 12

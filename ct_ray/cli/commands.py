@@ -231,6 +231,8 @@ def _print_study(outcome, title: str) -> None:
     print(outcome.table)
     for line in outcome.reference:
         print(line)
+    if outcome.duration_line:
+        print(outcome.duration_line)
     for name, path in outcome.files.items():
         print(f"{name:>9}: {path}")
     if outcome.mlflow_uri:

@@ -21,6 +21,11 @@ decode, map back; batch 1) is timed in a Ray task of one CPU (one thread) or one
 three rounds, each keeping its fastest round (``measure_speeds``; each round is the measurement of ``ct-ray profile
 --threads 1``), so the FPS and speed-up columns of one table come from the same conditions.
 
+A study ends with its own wall clock by phase (``duration_line``: Ray and MLflow start, the teacher with its data,
+the student runs, the evaluations, the speed timing), printed, in the JSON (``wall_seconds``, ``reused_runs``), the
+Markdown and the study's MLflow run (``wall_minutes_*``): the presets' time budgets are claims about that figure plus
+the set-up, and a run on any machine states its own.
+
 ``evaluation.heldout_sequences`` (``--heldout-sequences N``) scores the same trackers on N further sequences that
 the study generates like its benchmark but from another seed (``data/heldout-N``; no run trained or validated on
 them), so that a comparison rests on more than the benchmark's few test sequences. Their results go to
@@ -62,6 +67,44 @@ class StudyOutcome:
     mlflow_run_id: str | None
     notes: list[str] = dataclasses.field(default_factory=list)
     reference: list[str] = dataclasses.field(default_factory=list)  # the check against the preset's reference
+    durations: dict[str, float] = dataclasses.field(default_factory=dict)  # wall-clock seconds by phase, "total"
+    duration_line: str = ""
+
+
+TIMED_PHASES = ("start", "teacher", "students", "evaluation", "speed")
+"""A study's phases on the wall clock: Ray and MLflow up, the teacher (its benchmark generated on first use), the
+student runs, the evaluations (the teacher's on its training sequences too), the timing of the tracking steps."""
+
+
+class _Laps:
+    """Wall-clock seconds of a study's phases (``TIMED_PHASES``), taken as each one ends."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        self.seconds[phase] = now - self.last
+        self.last = now
+
+    def durations(self) -> dict[str, float]:
+        return {**self.seconds, "total": time.monotonic() - self.started}
+
+
+def duration_line(durations: dict[str, float], reused: Sequence[str], students: int) -> str:
+    """How long a study took on this machine, by phase (minutes): what the presets' time budgets and the README's
+    timings are measured as, so that a run on another machine states its own. ``reused``: the runs a rerun took
+    from its folder (their training time is not in the figures)."""
+    minutes = {phase: seconds / 60 for phase, seconds in durations.items()}
+    reused_students = sum(name != "teacher" for name in reused)
+    teacher = "reused" if "teacher" in reused else "with its data"
+    runs = f"{students} student run{'s' if students != 1 else ''}"
+    if reused_students:
+        runs += f" ({reused_students} reused)"
+    return (f"wall clock: {minutes['total']:.1f} min here without the set-up (start {minutes.get('start', 0):.1f}, "
+            f"teacher {minutes.get('teacher', 0):.1f} {teacher}, {runs} {minutes.get('students', 0):.1f}, "
+            f"evaluation {minutes.get('evaluation', 0):.1f}, speed timing {minutes.get('speed', 0):.1f})")
 
 
 TRAIN_SEQUENCES = 20
@@ -232,6 +275,7 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
 
     if not seeds:
         raise ConfigError("seeds: give at least one seed")
+    laps = _Laps()
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     console.log_to(out / "ray.log")
@@ -271,23 +315,31 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
         parent = mlflow_runs.TrackedRun.open(uri, out / f"{name}_run.json", experiment, name, params,
                                              {"kind": "study", **mlflow_runs.environment_tags()})
     parent_id = parent.run_id if parent else None
+    laps.lap("start")
+    reused: list[str] = []
     with parent if parent is not None else contextlib.nullcontext():  # FINISHED, or FAILED on any error
         say(f"[1/3] teacher: {teacher_config.model.depth} blocks, width {teacher_config.model.embed_dim}, "
             f"{teacher_config.run.epochs} epochs (data generated on first use)")
         if teacher_path.is_file():
             say(f"  reusing {teacher_path}")
             teacher_ckpt, teacher_s = str(teacher_path), None
+            reused.append("teacher")
         else:
             teacher_ckpt, teacher_s = _train(teacher_config, parent_id, ray_address, say)
             tmp = teacher_path.with_suffix(".pt.tmp")
             shutil.copyfile(teacher_ckpt, tmp)
             tmp.replace(teacher_path)
+            if teacher_s is None:
+                reused.append("teacher")
+        laps.lap("teacher")
         for _, _, config in configs:
             check_experiment(config)
         say(f"[2/3] students: {len(arms)} arm(s) x {len(seeds)} seed(s), {preset.compresstracker.run.epochs} "
             "epochs each")
         trained = [(arm, seed, config, *_train(config, parent_id, ray_address, say))
                    for arm, seed, config in configs]
+        reused += [config.run.name for _, _, config, _, seconds in trained if seconds is None]
+        laps.lap("students")
         tests = scoring_set(preset, out)
         say(f"[3/3] evaluation on the {tests.split} sequences of {tests.dataset}")
         teacher = _evaluate("teacher", None, teacher_config.run.name, str(teacher_path), tests, preset,
@@ -304,6 +356,7 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
                 _evaluate(arm.label, seed, config.run.name, checkpoint, tests, preset, uri, experiment,
                           say, seconds))
         results = [teacher, *[r for rs in per_arm.values() for r in rs]]
+        laps.lap("evaluation")
         say(f"  timing the tracking step of {len(results)} trackers, in turn, 3 rounds")
         timings = measure_speeds([r.checkpoint for r in results], preset.evaluation.use_gpu)
         for result, milliseconds in zip(results, timings):
@@ -322,6 +375,9 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
                 result.deployed = {"runtime": deploy, "auc": through.auc,
                                    "tracking_ms": measure_speed(result.checkpoint, preset.evaluation.use_gpu,
                                                                 runtime=deploy)}
+        laps.lap("speed")
+        durations = laps.durations()
+        timing = duration_line(durations, reused, len(configs))
         rows = summarise(teacher, per_arm)
         alone = [arms for label, arms in per_arm.items() if arms and arms[0].label == "student only"]
         scored_on = "held-out" if preset.evaluation.heldout_sequences else "test"
@@ -333,7 +389,7 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
         if reference and not checks:
             say("  no reference check: it needs the CompressTracker, student-only and distillation arms")
         table = format_table(rows) + "".join(f"\n{note}" for note in notes)
-        files = _write_outputs(out, name, preset, rows, results, notes, checks, lines)
+        files = _write_outputs(out, name, preset, rows, results, notes, checks, lines, durations, reused, timing)
         if parent is not None:
             for path in files.values():
                 mlflow_runs.log_artifact(uri, parent_id, path)
@@ -341,10 +397,12 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
             if checks:
                 metrics.update(reference_within=float(sum(c.within for c in checks)),
                                reference_quantities=float(len(checks)))
+            metrics.update({f"wall_minutes_{phase}": seconds / 60 for phase, seconds in durations.items()})
             mlflow_runs.log_metrics(uri, parent_id, metrics, step=0)
-            _describe_study(parent, experiment, name, rows, results, notes, out, lines)
+            _describe_study(parent, experiment, name, rows, results, notes, out, lines, timing)
     return StudyOutcome(out=out, rows=rows, results=results, table=table, files=files, mlflow_uri=uri,
-                        mlflow_run_id=parent_id, notes=notes, reference=lines)
+                        mlflow_run_id=parent_id, notes=notes, reference=lines, durations=durations,
+                        duration_line=timing)
 
 
 def _reference_checks(reference: PresetReference, arms: list[Arm], teacher: TrackerResult,
@@ -370,7 +428,7 @@ def _code_block(lines: Sequence[str]) -> str:
 
 def _describe_study(parent: mlflow_runs.TrackedRun, experiment: str, name: str, rows: list[Row],
                     results: list[TrackerResult], notes: list[str], out: Path,
-                    reference_lines: Sequence[str] = ()) -> None:
+                    reference_lines: Sequence[str] = (), timing: str = "") -> None:
     """The study run's page: the table as its description with a link to every tracker's run, and the plots a reader
     looks at (success and precision of all trackers, AUC against FPS, the arms' training curves)."""
     from ct_ray.evaluation.plots import curve_plot, speed_accuracy_plot, training_curves_plot
@@ -380,7 +438,7 @@ def _describe_study(parent: mlflow_runs.TrackedRun, experiment: str, name: str, 
     links = [f"[{r.run_name}](#/experiments/{experiment_id}/runs/{r.mlflow_run_id})" for r in results
              if r.mlflow_run_id]
     parent.describe(f"## {name}\n\n{format_markdown(rows, notes)}{_code_block(reference_lines)}\n\n"
-                    f"Runs: {', '.join(links)}\n")
+                    f"{timing}\n\nRuns: {', '.join(links)}\n")
     plots = out / "plots" / name
     by_arm: dict[str, list[TrackerResult]] = {}
     for result in results:
@@ -417,15 +475,18 @@ def _describe_study(parent: mlflow_runs.TrackedRun, experiment: str, name: str, 
 
 
 def _write_outputs(out: Path, name: str, preset: StudyPreset, rows: list[Row], results: list[TrackerResult],
-                   notes: list[str], checks: Sequence[ReferenceCheck] = (), reference_lines: Sequence[str] = ()
+                   notes: list[str], checks: Sequence[ReferenceCheck] = (), reference_lines: Sequence[str] = (),
+                   durations: dict[str, float] | None = None, reused: Sequence[str] = (), timing: str = ""
                    ) -> dict[str, Path]:
     summary = {"study": name, "preset": preset.name, "preset_config": to_dict(preset),
                "rows": [r.to_dict() for r in rows], "trackers": [dataclasses.asdict(r) for r in results],
                "notes": notes, "reference_check": [c.to_dict() for c in checks],
+               "wall_seconds": {k: round(v, 1) for k, v in (durations or {}).items()}, "reused_runs": list(reused),
                "environment": mlflow_runs.environment_tags()}
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
     atomic_write_text(json_path, json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(md_path, format_markdown(rows, notes) + _code_block(reference_lines) + "\n")
+    atomic_write_text(md_path, format_markdown(rows, notes) + _code_block(reference_lines)
+                      + (f"\n\n{timing}" if timing else "") + "\n")
     return {"json": json_path, "markdown": md_path}
 
 
