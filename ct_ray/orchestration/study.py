@@ -73,7 +73,9 @@ class StudyOutcome:
 
 TIMED_PHASES = ("start", "teacher", "students", "evaluation", "speed")
 """A study's phases on the wall clock: Ray and MLflow up, the teacher (its benchmark generated on first use), the
-student runs, the evaluations (the teacher's on its training sequences too), the timing of the tracking steps."""
+student runs, the evaluations (with the held-out sequences' generation and the teacher's training sequences), the
+timing of the tracking steps (with ``evaluation.deploy_runtime``, also the scoring and timing through that runtime).
+``total`` ends there: writing the outputs and the MLflow plots afterwards take seconds."""
 
 
 class _Laps:
