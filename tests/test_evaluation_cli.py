@@ -112,6 +112,26 @@ def test_eval_writes_results_scores_and_keeps_complete_sequences(tmp_path, lasot
     assert "another checkpoint" in capsys.readouterr().err
 
 
+def test_sequences_grouped_into_tasks_track_as_they_would_alone(lasot_root, checkpoint, ray_session, monkeypatch):
+    """A task tracks several sequences with one model and runtime: the boxes are those of one task per sequence."""
+    from ct_ray.models import load_tracker
+    from ct_ray.orchestration import distributed_eval
+
+    assert distributed_eval.sequences_per_task(300, 4) == 8  # the quickstart: 300 test sequences, 4 slots
+    assert distributed_eval.sequences_per_task(40, 4) == 2 and distributed_eval.sequences_per_task(3, 16) == 1
+    assert distributed_eval.sequences_per_task(10_000, 0) == distributed_eval.MAX_SEQUENCES_PER_TASK
+    model, _ = load_tracker(checkpoint)
+    seqs = sequences(lasot_root)
+    by_size = {}
+    for size in (1, 2):
+        monkeypatch.setattr(distributed_eval, "sequences_per_task", lambda count, slots, size=size: size)
+        by_size[size] = distributed_eval.evaluate_sequences(model, seqs, progress=False)
+    assert list(by_size[1]) == list(by_size[2]) == [s.name for s in seqs]
+    for name in by_size[1]:
+        assert by_size[1][name].shape == (FRAMES, 4)
+        np.testing.assert_array_equal(by_size[1][name], by_size[2][name])
+
+
 def test_eval_logs_into_the_checkpoints_run_or_a_new_one(tmp_path, lasot_root, ray_session, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"

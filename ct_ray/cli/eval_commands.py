@@ -213,9 +213,9 @@ def add_commands(subparsers, make_parser, add_checkpoint_arguments) -> None:
                           help="results folder (default results/<name>, or results/<checkpoint>_<kind>_<split>); "
                                "complete sequences already there are kept")
     evaluate.add_argument("--gpu", action="store_true", help="one GPU per Ray task")
-    evaluate.add_argument("--cpus-per-task", type=float, default=1.0, help="Ray CPUs reserved per sequence task")
+    evaluate.add_argument("--cpus-per-task", type=float, default=1.0, help="Ray CPUs reserved per tracking task")
     evaluate.add_argument("--threads-per-task", type=int, default=1,
-                          help="torch threads per sequence task (the speed measured is per task)")
+                          help="torch threads per tracking task (the speed measured is per task)")
     evaluate.add_argument("--got10k-submission", action="store_true",
                           help="also write the GOT-10k server layout to <out>/got10k_submission")
     evaluate.add_argument("--trackingnet-submission", action="store_true",

@@ -1,4 +1,10 @@
-"""Evaluation in parallel Ray tasks: one sequence per task, the model's weights shared through the object store."""
+"""Evaluation in parallel Ray tasks: a few sequences per task, the model's weights shared through the object store.
+
+A task builds the model and opens its runtime once for all its sequences (an ONNX Runtime session or a
+``torch.compile`` is not free, and on the synthetic benchmark's 20-frame sequences building the teacher took a
+quarter as long as tracking one), and tracks them one after the other, each from a fresh online tracker, so the
+boxes do not depend on how the sequences are grouped. ``MAX_SEQUENCES_PER_TASK`` bounds the groups; with few
+sequences per parallel slot they get smaller, down to one, so that every slot still has about four tasks."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,25 +23,34 @@ from ct_ray.models.one_stream import OneStreamTracker, TrackerConfig
 from ct_ray.tracking.runtimes import PreparedRuntime, RuntimeSpec
 
 
+MAX_SEQUENCES_PER_TASK = 8
+
+
 @ray.remote
-def _track_task(config: dict, state: dict, sequence: Sequence, use_gpu: bool, threads: int,
-                runtime: PreparedRuntime) -> tuple[str, np.ndarray, np.ndarray]:
+def _track_task(config: dict, state: dict, sequences: list[Sequence], use_gpu: bool, threads: int,
+                runtime: PreparedRuntime) -> list[tuple[str, np.ndarray, np.ndarray]]:
     torch.set_num_threads(threads)
     model = OneStreamTracker(TrackerConfig.from_dict(config))
     model.load_state_dict(state)
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    boxes, times = track_sequence(model, sequence, device, runtime.open(model, device, threads))
-    return sequence.name, boxes, times
+    network = runtime.open(model, device, threads)
+    return [(sequence.name, *track_sequence(model, sequence, device, network)) for sequence in sequences]
+
+
+def sequences_per_task(sequences: int, slots: int) -> int:
+    """How many sequences one task tracks: up to ``MAX_SEQUENCES_PER_TASK``, and few enough that each of ``slots``
+    parallel tasks gets about four (load balance and progress)."""
+    return max(1, min(MAX_SEQUENCES_PER_TASK, sequences // (4 * max(1, slots))))
 
 
 def evaluate_sequences(model: OneStreamTracker, sequences: Iterable[Sequence], results_dir: str | Path | None = None,
                        use_gpu: bool = False, cpus_per_task: float = 1.0, threads_per_task: int = 1,
                        progress: bool = True, description: str = "tracking",
                        runtime: PreparedRuntime | None = None) -> dict[str, np.ndarray]:
-    """Tracks every sequence in its own Ray task and returns ``{name: boxes}``. With ``results_dir`` the results
-    are written in the pytracking layout (``<seq>.txt``, ``<seq>_time.txt``) and sequences whose result file is
-    already complete are read back instead of tracked again. ``runtime`` (:func:`ct_ray.tracking.runtimes.
-    prepare_runtime`) runs the network in every task; default PyTorch eager."""
+    """Tracks every sequence in parallel Ray tasks (``sequences_per_task`` to a task) and returns ``{name: boxes}``.
+    With ``results_dir`` the results are written in the pytracking layout (``<seq>.txt``, ``<seq>_time.txt``) and
+    sequences whose result file is already complete are read back instead of tracked again. ``runtime``
+    (:func:`ct_ray.tracking.runtimes.prepare_runtime`) runs the network in every task; default PyTorch eager."""
     runtime = runtime or PreparedRuntime(RuntimeSpec())
     sequences = list(sequences)
     results: dict[str, np.ndarray] = {}
@@ -52,15 +67,18 @@ def evaluate_sequences(model: OneStreamTracker, sequences: Iterable[Sequence], r
         options = {"num_cpus": cpus_per_task, "num_gpus": 1 if use_gpu else 0,
                    "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None)}
         prepared = ray.put(runtime)
-        pending = [_track_task.options(**options).remote(config, state, s, use_gpu, threads_per_task, prepared)
-                   for s in todo]
+        resources = ray.cluster_resources()
+        slots = int(resources.get("GPU", 0) if use_gpu else resources.get("CPU", 1) / max(cpus_per_task, 1e-3))
+        size = sequences_per_task(len(todo), slots)
+        pending = [_track_task.options(**options).remote(config, state, todo[i:i + size], use_gpu, threads_per_task,
+                                                         prepared) for i in range(0, len(todo), size)]
         with tqdm(total=len(sequences), initial=len(results), desc=description, unit="seq",
                   disable=not progress) as bar:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
-                name, boxes, times = ray.get(done[0])
-                if results_dir is not None:
-                    write_results(results_dir, name, boxes, times)
-                results[name] = boxes
-                bar.update(1)
+                for name, boxes, times in ray.get(done[0]):
+                    if results_dir is not None:
+                        write_results(results_dir, name, boxes, times)
+                    results[name] = boxes
+                    bar.update(1)
     return {s.name: results[s.name] for s in sequences}

@@ -15,7 +15,7 @@ are the *final* checkpoints: validation during training scores the test sequence
 the "best" checkpoint by it would select on the test set. A study run again in the same folder reuses finished
 runs and evaluations and continues an interrupted training run.
 
-Speed is measured apart from the evaluation, which tracks several sequences at once (one Ray task each) and may
+Speed is measured apart from the evaluation, which tracks several sequences at once (in parallel Ray tasks) and may
 reuse results timed under other load: after the evaluations, every tracker's whole tracking step (crop, forward,
 decode, map back; batch 1) is timed in a Ray task of one CPU (one thread) or one GPU, the trackers in turn over
 three rounds, each keeping its fastest round (``measure_speeds``; each round is the measurement of ``ct-ray profile
