@@ -120,6 +120,12 @@ def test_sequences_grouped_into_tasks_track_as_they_would_alone(lasot_root, chec
     assert distributed_eval.sequences_per_task(300, 4) == 8  # the quickstart: 300 test sequences, 4 slots
     assert distributed_eval.sequences_per_task(40, 4) == 2 and distributed_eval.sequences_per_task(3, 16) == 1
     assert distributed_eval.sequences_per_task(10_000, 0) == distributed_eval.MAX_SEQUENCES_PER_TASK
+
+    class Frames(list):  # a sequence as far as grouping goes: its name and its length in frames
+        name = ""
+    lengths = [20] * 9 + [2500, 300, 300, 20]
+    groups = distributed_eval.task_groups([Frames([0] * n) for n in lengths], 8)
+    assert [[len(s) for s in g] for g in groups] == [[20] * 8, [20], [2500], [300], [300, 20]]
     model, _ = load_tracker(checkpoint)
     seqs = sequences(lasot_root)
     by_size = {}

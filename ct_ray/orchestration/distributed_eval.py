@@ -4,7 +4,9 @@ A task builds the model and opens its runtime once for all its sequences (an ONN
 ``torch.compile`` is not free, and on the synthetic benchmark's 20-frame sequences building the teacher took a
 quarter as long as tracking one), and tracks them one after the other, each from a fresh online tracker, so the
 boxes do not depend on how the sequences are grouped. ``MAX_SEQUENCES_PER_TASK`` bounds the groups; with few
-sequences per parallel slot they get smaller, down to one, so that every slot still has about four tasks."""
+sequences per parallel slot they get smaller, down to one, so that every slot still has about four tasks; and a group
+holds at most ``MAX_FRAMES_PER_TASK`` frames (a longer sequence goes alone), since a task's results are written, and
+kept for a re-run, only when it ends."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,6 +26,7 @@ from ct_ray.tracking.runtimes import PreparedRuntime, RuntimeSpec
 
 
 MAX_SEQUENCES_PER_TASK = 8
+MAX_FRAMES_PER_TASK = 500
 
 
 @ray.remote
@@ -41,6 +44,22 @@ def sequences_per_task(sequences: int, slots: int) -> int:
     """How many sequences one task tracks: up to ``MAX_SEQUENCES_PER_TASK``, and few enough that each of ``slots``
     parallel tasks gets about four (load balance and progress)."""
     return max(1, min(MAX_SEQUENCES_PER_TASK, sequences // (4 * max(1, slots))))
+
+
+def task_groups(sequences: list[Sequence], size: int) -> list[list[Sequence]]:
+    """The sequences in order, in groups of at most ``size`` sequences and ``MAX_FRAMES_PER_TASK`` frames."""
+    groups: list[list[Sequence]] = []
+    current: list[Sequence] = []
+    frames = 0
+    for sequence in sequences:
+        if current and (len(current) == size or frames + len(sequence) > MAX_FRAMES_PER_TASK):
+            groups.append(current)
+            current, frames = [], 0
+        current.append(sequence)
+        frames += len(sequence)
+    if current:
+        groups.append(current)
+    return groups
 
 
 def evaluate_sequences(model: OneStreamTracker, sequences: Iterable[Sequence], results_dir: str | Path | None = None,
@@ -69,9 +88,8 @@ def evaluate_sequences(model: OneStreamTracker, sequences: Iterable[Sequence], r
         prepared = ray.put(runtime)
         resources = ray.cluster_resources()
         slots = int(resources.get("GPU", 0) if use_gpu else resources.get("CPU", 1) / max(cpus_per_task, 1e-3))
-        size = sequences_per_task(len(todo), slots)
-        pending = [_track_task.options(**options).remote(config, state, todo[i:i + size], use_gpu, threads_per_task,
-                                                         prepared) for i in range(0, len(todo), size)]
+        pending = [_track_task.options(**options).remote(config, state, group, use_gpu, threads_per_task, prepared)
+                   for group in task_groups(todo, sequences_per_task(len(todo), slots))]
         with tqdm(total=len(sequences), initial=len(results), desc=description, unit="seq",
                   disable=not progress) as bar:
             while pending:
