@@ -325,14 +325,13 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
         if teacher_path.is_file():
             say(f"  reusing {teacher_path}")
             teacher_ckpt, teacher_s = str(teacher_path), None
-            reused.append("teacher")
         else:
             teacher_ckpt, teacher_s = _train(teacher_config, parent_id, ray_address, say)
             tmp = teacher_path.with_suffix(".pt.tmp")
             shutil.copyfile(teacher_ckpt, tmp)
             tmp.replace(teacher_path)
-            if teacher_s is None:
-                reused.append("teacher")
+        if teacher_s is None:  # teacher.pt, or its run finished earlier
+            reused.append("teacher")
         laps.lap("teacher")
         for _, _, config in configs:
             check_experiment(config)
