@@ -36,6 +36,13 @@ def test_small_preset_reference_holds_its_own_runs_and_rejects_the_memorising_te
     assert all(c.within for c in checks)
     teacher = checks[0]
     assert (round(teacher.low, 1), round(teacher.high, 1)) == (63.2, 68.7)
+    # Likewise the AVX2-kernel teacher seeds 1 and 2, measured after the first six, lie within all five of theirs.
+    first_six = PresetReference("small", "the first six", reference.runs[:6])
+    later = reference.runs[6:8]
+    assert [r.label for r in later] == ["teacher seed 1, AVX2 kernels", "teacher seed 2, AVX2 kernels"]
+    for run in later:
+        assert all(c.within for c in check_against(first_six, run.teacher, run.compresstracker, run.student_only,
+                                                   run.distillation))
     # The table of the issue that started this check (a teacher that memorised 30 sequences on another machine).
     checks = {c.quantity: c for c in check_against(reference, 10.4, 11.4, 22.7, 12.3)}
     assert not checks["teacher AUC"].within and not checks["teacher - student only"].within
@@ -48,14 +55,20 @@ def test_small_preset_reference_holds_its_own_runs_and_rejects_the_memorising_te
 
 def test_full_preset_reference_leave_one_out_misses_once_as_the_readme_says():
     reference = load_reference("full")
-    assert reference is not None and len(reference.runs) == 6 and "SSE4" in reference.runs[5].label
+    assert reference is not None and len(reference.runs) == 8 and "SSE4" in reference.runs[5].label
     first_five, sse4 = PresetReference("full", "the first five", reference.runs[:5]), reference.runs[5]
     checks = check_against(first_five, sse4.teacher, sse4.compresstracker, sse4.student_only, sse4.distillation)
     assert [c.quantity for c in checks if not c.within] == ["distillation - CompressTracker"]
-    with_it = {c.quantity: c for c in check_against(reference, sse4.teacher, sse4.compresstracker, sse4.student_only,
-                                                    sse4.distillation)}
+    first_six = PresetReference("full", "the first six", reference.runs[:6])
+    with_it = {c.quantity: c for c in check_against(first_six, sse4.teacher, sse4.compresstracker,
+                                                    sse4.student_only, sse4.distillation)}
     assert (round(with_it["distillation - CompressTracker"].low, 1),
             round(with_it["distillation - CompressTracker"].high, 1)) == (-1.0, 0.9)
+    # The AVX2 teacher seeds 1 and 2, measured after the first six, lie within all five of their intervals.
+    for run in reference.runs[6:]:
+        assert "AVX2" in run.label
+        assert all(c.within for c in check_against(first_six, run.teacher, run.compresstracker, run.student_only,
+                                                   run.distillation))
 
 
 def test_a_reference_needs_three_runs_and_auc_values():

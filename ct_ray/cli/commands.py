@@ -277,7 +277,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     out = args.out or f"outputs/quickstart-{preset.name}"
     outcome = run_study(preset, out, quickstart_arms(preset), [args.seed], name="quickstart",
                         ray_address=args.address, reference=_reference(args))
-    _print_study(outcome, f"quickstart ({preset.name} preset, seed {args.seed}): {_scored_on(preset)}")
+    _print_study(outcome, f"quickstart ({preset.name} preset, teacher seed {preset.teacher.run.seed}, student seed "
+                          f"{args.seed}): {_scored_on(preset)}")
     return 0
 
 
@@ -300,8 +301,8 @@ def cmd_ablations(args: argparse.Namespace) -> int:
     arms = ablation_arms(preset, files, baselines=not args.no_baselines)
     outcome = run_study(preset, out, arms, seeds, name="ablations", ray_address=args.address,
                         reference=_reference(args))
-    _print_study(outcome, f"ablations ({preset.name} preset, seeds {args.seeds}; mean ± standard deviation over "
-                          f"seeds): {_scored_on(preset)}")
+    _print_study(outcome, f"ablations ({preset.name} preset, teacher seed {preset.teacher.run.seed}, student seeds "
+                          f"{args.seeds}; mean ± standard deviation over student seeds): {_scored_on(preset)}")
     return 0
 
 
