@@ -243,6 +243,7 @@ def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray
     printed = captured.out
     assert "INFO mlflow" not in captured.err  # MLflow's own log lines (a new store's tables) go to the log file
     assert "teacher (4 blocks)" in printed and "CompressTracker-2" in printed
+    assert "preset, teacher seed 0, student seed 0): " in printed  # the title names both seeds
     assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1" in printed
 
     summary = json.loads((out / "quickstart.json").read_text())
