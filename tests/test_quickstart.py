@@ -287,6 +287,16 @@ def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray
     assert {"quickstart.json", "quickstart.md"} <= artifacts
     assert parent[0].data.metrics["compresstracker_2_auc"] == pytest.approx(rows["CompressTracker-2"]["auc_mean"])
     assert parent[0].data.metrics["wall_minutes_total"] == pytest.approx(wall["total"] / 60, abs=0.01)
+    # The data's fingerprints: the test sequences as read, the teacher's training-sample probe (seed 0).
+    from ct_ray.data import load_dataset
+    from ct_ray.data.fingerprint import sequences_digest
+
+    fingerprint = summary["data_fingerprint"]
+    assert fingerprint["test_sequences"] == sequences_digest(load_dataset(f"synthetic:{out / 'data' / 'benchmark'}",
+                                                                          "test"))
+    assert len(fingerprint["training_samples"]) == 64
+    assert parent[0].data.tags["data.test_sequences_sha256"] == fingerprint["test_sequences"]
+    assert parent[0].data.tags["data.training_samples_sha256"] == fingerprint["training_samples"]
 
     ablation = tmp_path / "fixed.yaml"
     ablation.write_text(yaml.safe_dump({"label": "fixed p = 0.5", "overrides": ["schedule.kind=fixed"]}))
@@ -308,6 +318,8 @@ def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray
     assert heldout["reused_runs"] == ["teacher", "ct2-s0", "ct2-student-only-s0", "ct2-distillation-s0"]
     assert re.search(r"teacher \d+\.\d reused, 3 student runs \(3 reused\) \d+\.\d, evaluation", printed)
     assert heldout["preset_config"]["evaluation"]["heldout_sequences"] == 2
+    assert set(heldout["data_fingerprint"]) == {"heldout_2_sequences", "training_samples"}
+    assert heldout["data_fingerprint"]["training_samples"] == fingerprint["training_samples"]
     benchmark = json.loads((out / "data" / "heldout-2" / "benchmark.json").read_text())
     assert benchmark["seed"] == 1 and benchmark["sequences"] == 2 and benchmark["frames"] == 12
     held = {t["run_name"]: t for t in heldout["trackers"]}
@@ -330,11 +342,12 @@ def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray
     # Against a preset's reference quickstarts (an embedded preset's, here three made-up ones around this study):
     # the runs and evaluations are reused, the check lands in the summary, the Markdown and the study's MLflow run.
     from ct_ray.orchestration.study import run_study
-    from ct_ray.studies.reference import PresetReference, ReferenceRun
+    from ct_ray.studies.reference import DataFingerprint, PresetReference, ReferenceRun
 
     t, ct, so, d = (trackers[n]["auc"] for n in ("teacher", "ct2-s0", "ct2-student-only-s0", "ct2-distillation-s0"))
     reference = PresetReference("tiny", "three made-up runs", [
-        ReferenceRun(f"run {i}", min(100.0, t + 10 + i), ct + i, so + 2 * i, d + 1) for i in (1.0, 2.0, 3.0)])
+        ReferenceRun(f"run {i}", min(100.0, t + 10 + i), ct + i, so + 2 * i, d + 1) for i in (1.0, 2.0, 3.0)],
+        DataFingerprint(fingerprint["test_sequences"], "0" * 64))
     preset = load_preset(preset_file)
     outcome = run_study(preset, out, quickstart_arms(preset), [0], name="quickstart", reference=reference)
     checks = {c["quantity"]: c for c in json.loads((out / "quickstart.json").read_text())["reference_check"]}
@@ -344,8 +357,13 @@ def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray
     if t + 13 <= 100:  # mean t + 12, s = 1, t(0.975, 2) = 4.303: half width 4.303 * sqrt(4 / 3)
         assert checks["teacher AUC"]["low"] == pytest.approx(t + 12 - 4.969, abs=1e-3)
     assert checks["distillation - CompressTracker"]["value"] == pytest.approx(d - ct)
-    assert outcome.reference[-1].startswith("reproduces the reference: no (")
+    assert outcome.reference[-2].startswith("reproduces the reference: no (")
     assert "reproduces the reference: no" in (out / "quickstart.md").read_text()
+    test_digest = fingerprint["test_sequences"][:12]
+    assert outcome.reference[-1].startswith(f"data: NOT the references' bytes (test sequences {test_digest}, the "
+                                            "same; training-sample probe ")
+    assert "references 000000000000)" in outcome.reference[-1]
+    assert outcome.reference[-1] in (out / "quickstart.md").read_text()
     study_run = client.get_run(outcome.mlflow_run_id)
     assert study_run.data.metrics["reference_within"] == sum(c["within"] for c in checks.values())
     assert study_run.data.metrics["reference_quantities"] == 5

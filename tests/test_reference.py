@@ -111,3 +111,25 @@ def test_every_run_records_the_cpu_and_the_kernels_that_set_its_floating_point_r
     tags = environment_tags()
     assert tags["cpu_model"].strip() and tags["cpu_capability"].strip()  # e.g. "AMD EPYC (family 25 model 17)", AVX512
     assert tags["env.ONEDNN_MAX_CPU_ISA"] == "AVX2" and "env.MKL_ENABLE_INSTRUCTIONS" not in tags
+
+
+def test_the_data_line_says_whether_the_data_are_the_references_bytes():
+    from ct_ray.studies.reference import DataFingerprint, data_line
+
+    reference = load_reference("small")
+    assert reference.data is not None and load_reference("full").data == reference.data
+    same = {"test_sequences": reference.data.test_sequences, "training_samples": reference.data.training_samples}
+    line = data_line(reference, same)
+    assert line.startswith(f"data: the references' bytes (test sequences {same['test_sequences'][:12]}, "
+                           f"training-sample probe {same['training_samples'][:12]}): a difference")
+    other = data_line(reference, {**same, "test_sequences": "ab" * 32})
+    assert other.startswith("data: NOT the references' bytes (test sequences abababababab, references "
+                            f"{same['test_sequences'][:12]}; training-sample probe {same['training_samples'][:12]}, "
+                            "the same): ")
+    heldout = data_line(reference, {"heldout_300_sequences": "cd" * 32, "training_samples": same["training_samples"]})
+    assert heldout.startswith("data: the references' bytes (training-sample probe ")  # held-out: not compared
+    assert data_line(PresetReference("x", "m", reference.runs), same) is None
+    with pytest.raises(ConfigError, match="data.test_sequences must be a SHA-256"):
+        from_dict(PresetReference, {"preset": "x", "measured": "m", "runs": [], "data": {
+            "test_sequences": "abc", "training_samples": "0" * 64}})
+    assert DataFingerprint("0" * 64, "f" * 64).test_sequences == "0" * 64

@@ -30,6 +30,10 @@ the set-up, and a run on any machine states its own.
 the study generates like its benchmark but from another seed (``data/heldout-N``; no run trained or validated on
 them), so that a comparison rests on more than the benchmark's few test sequences. Their results go to
 ``results-heldout-N/`` and the study's files and MLflow run get the suffix ``_heldout-N``.
+
+Each study records the fingerprints of its data (``data_fingerprint``: SHA-256 of the sequences it scores on and of
+a probe of its teacher's training samples) in its JSON and as tags of its MLflow run; against a preset's reference it
+says whether they are the reference runs' bytes, so that a difference can be traced to the data or to training.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ from ct_ray.fileio import atomic_write_text
 from ct_ray.orchestration import console, mlflow_runs
 from ct_ray.studies.design import TEACHER_FILE, Arm, StudyPreset, rebase
 from ct_ray.studies.paired_stats import Row, TrackerResult, gap_to, summarise
-from ct_ray.studies.reference import PresetReference, ReferenceCheck, check_against, format_checks
+from ct_ray.studies.reference import PresetReference, ReferenceCheck, check_against, data_line, format_checks
 from ct_ray.studies.tables import format_markdown, format_table, gap_note, row_metrics, train_gap_note
 from ct_ray.training.experiment import ExperimentConfig, RunKind, check_experiment
 
@@ -193,6 +197,28 @@ def scoring_set(preset: StudyPreset, out: Path) -> ScoringSet:
     generate_benchmark(root, sequences=count, frames=synth.frames, seed=synth.seed + 1, preset=synth.preset,
                        frame_size=(synth.height, synth.width), test_fraction=0.0, progress=True)
     return ScoringSet(f"synthetic:{root}", "all", out / f"results-heldout-{count}", f"heldout_{count}")
+
+
+def data_fingerprint(teacher: ExperimentConfig, tests: ScoringSet) -> dict[str, str]:
+    """SHA-256 digests of the study's data (``ct_ray.data.fingerprint``): the sequences it scores on (when they are
+    a synthetic benchmark, rendered on this machine; a real dataset's files are what they are), and a probe of its
+    teacher's training samples drawn with seed 0 whatever the teacher's seed, so that the runs of every seed (and
+    the preset's reference runs) share one probe."""
+    from ct_ray.data import load_dataset
+    from ct_ray.data.fingerprint import sequences_digest, training_samples_digest
+    from ct_ray.evaluation.reports import resolve_split
+    from ct_ray.training.inputs import epoch_size, model_crops, training_source
+
+    probe = replace(teacher, run=replace(teacher.run, seed=0))
+    model = model_crops(probe)
+    samples = training_samples_digest(training_source(probe, model), epoch_size(probe), 0, model.template_size,
+                                      model.search_size, model.search_factor, probe.data.jitter, probe.data.augment)
+    kind = tests.dataset.partition(":")[0]
+    if kind != "synthetic":
+        return {"training_samples": samples}
+    key = "test_sequences" if tests.prefix == "test" else f"{tests.prefix}_sequences"
+    sequences = sequences_digest(load_dataset(tests.dataset, resolve_split(kind, tests.split)))
+    return {key: sequences, "training_samples": samples}
 
 
 def _evaluate(label: str, seed: int | None, run_name: str, checkpoint: str, tests: ScoringSet,
@@ -343,6 +369,9 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
         laps.lap("students")
         tests = scoring_set(preset, out)
         say(f"[3/3] evaluation on the {tests.split} sequences of {tests.dataset}")
+        fingerprint = data_fingerprint(teacher_config, tests)
+        if uri:
+            mlflow_runs.set_tags(uri, parent_id, {f"data.{k}_sha256": v for k, v in fingerprint.items()})
         teacher = _evaluate("teacher", None, teacher_config.run.name, str(teacher_path), tests, preset,
                             uri, experiment, say, teacher_s)
         seen = training_sequences(teacher_config, out)
@@ -387,10 +416,14 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
                  if note]
         checks = _reference_checks(reference, arms, teacher, per_arm) if reference else []
         lines = format_checks(reference, checks) if checks else []
+        same_data = data_line(reference, fingerprint) if checks else None
+        if same_data:
+            lines.append(same_data)
         if reference and not checks:
             say("  no reference check: it needs the CompressTracker, student-only and distillation arms")
         table = format_table(rows) + "".join(f"\n{note}" for note in notes)
-        files = _write_outputs(out, name, preset, rows, results, notes, checks, lines, durations, reused, timing)
+        files = _write_outputs(out, name, preset, rows, results, notes, checks, lines, durations, reused, timing,
+                               fingerprint)
         if parent is not None:
             for path in files.values():
                 mlflow_runs.log_artifact(uri, parent_id, path)
@@ -477,13 +510,13 @@ def _describe_study(parent: mlflow_runs.TrackedRun, experiment: str, name: str, 
 
 def _write_outputs(out: Path, name: str, preset: StudyPreset, rows: list[Row], results: list[TrackerResult],
                    notes: list[str], checks: Sequence[ReferenceCheck] = (), reference_lines: Sequence[str] = (),
-                   durations: dict[str, float] | None = None, reused: Sequence[str] = (), timing: str = ""
-                   ) -> dict[str, Path]:
+                   durations: dict[str, float] | None = None, reused: Sequence[str] = (), timing: str = "",
+                   fingerprint: dict[str, str] | None = None) -> dict[str, Path]:
     summary = {"study": name, "preset": preset.name, "preset_config": to_dict(preset),
                "rows": [r.to_dict() for r in rows], "trackers": [dataclasses.asdict(r) for r in results],
                "notes": notes, "reference_check": [c.to_dict() for c in checks],
                "wall_seconds": {k: round(v, 1) for k, v in (durations or {}).items()}, "reused_runs": list(reused),
-               "environment": mlflow_runs.environment_tags()}
+               "environment": mlflow_runs.environment_tags(), "data_fingerprint": fingerprint or {}}
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
     atomic_write_text(json_path, json.dumps(summary, indent=2) + "\n")
     atomic_write_text(md_path, format_markdown(rows, notes) + _code_block(reference_lines)

@@ -59,13 +59,30 @@ class ReferenceRun:
                 raise ValueError(f"{self.label}: {name} must be an AUC in (0, 100], got {value}")
 
 
+@dataclass(frozen=True)
+class DataFingerprint:
+    """SHA-256 digests of the data the reference runs saw (``ct_ray.data.fingerprint``): the test sequences, and the
+    probe of the teacher's training samples (seed 0)."""
+
+    test_sequences: str
+    training_samples: str
+
+    def __post_init__(self) -> None:
+        for name in ("test_sequences", "training_samples"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
+                raise ValueError(f"data.{name} must be a SHA-256 hex digest (64 characters), got {value!r}")
+
+
 @dataclass
 class PresetReference:
-    """The reference quickstarts of one preset and how they were measured (machine, dates, commands)."""
+    """The reference quickstarts of one preset, how they were measured (machine, dates, commands) and the
+    fingerprints of the data they saw."""
 
     preset: str
     measured: str
     runs: list[ReferenceRun] = field(default_factory=list)
+    data: DataFingerprint | None = None
 
     def __post_init__(self) -> None:
         if len(self.runs) < 3:
@@ -132,6 +149,25 @@ def format_checks(reference: PresetReference, checks: list[ReferenceCheck]) -> l
     verdict = "yes" if within == len(checks) else "no"
     lines.append(f"reproduces the reference: {verdict} ({within} of {len(checks)} quantities within their intervals)")
     return lines
+
+
+def data_line(reference: PresetReference, fingerprint: dict[str, str]) -> str | None:
+    """Whether this study's data are the reference runs' bytes: with equal fingerprints a difference from the
+    references comes from training (torch's floating-point kernels); with unequal ones the data moved as well."""
+    if reference.data is None:
+        return None
+    labels = {"test_sequences": "test sequences", "training_samples": "training-sample probe"}
+    shown = {key: (fingerprint[key], getattr(reference.data, key)) for key in labels if key in fingerprint}
+    if not shown:
+        return None
+    if all(here == there for here, there in shown.values()):
+        digests = ", ".join(f"{labels[key]} {here[:12]}" for key, (here, _) in shown.items())
+        return (f"data: the references' bytes ({digests}): a difference from them comes from training (torch's "
+                "floating-point kernels)")
+    digests = "; ".join(f"{labels[key]} {here[:12]}" + (", the same" if here == there else f", references {there[:12]}")
+                        for key, (here, there) in shown.items())
+    return (f"data: NOT the references' bytes ({digests}): another numpy or OpenCV build, or OpenCV without AVX2, "
+            "renders other pixels here, so the data differ as well as the kernels")
 
 
 def load_reference(preset_name: str) -> PresetReference | None:
