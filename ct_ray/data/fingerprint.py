@@ -3,10 +3,11 @@ scores on the same test sequences and trains on the same samples, byte for byte,
 result.
 
 Both the synthetic benchmark and the training stream are rendered on the machine that runs the study (numpy, OpenCV,
-libjpeg). On x86 CPUs with AVX2 they come out as the same bytes as on this project's AVX-512 machine (checked with
-OpenCV's AVX-512 kernels and numpy's x86-64-v3/v4 ones switched off), but another numpy or OpenCV build, or OpenCV
-without AVX2, may render other pixels. With equal fingerprints, a study that differs from a reference differs through
-training (torch's floating-point kernels); with unequal ones, the data moved too.
+libjpeg). With the same numpy and OpenCV builds, an x86 CPU with AVX2 renders the same bytes as this project's
+AVX-512 machine (checked there with OpenCV's AVX-512 kernels and numpy's x86-64-v4 ones switched off), but another
+numpy or OpenCV build, or OpenCV without AVX2, may render other pixels. With equal fingerprints, a study that
+differs from a reference differs through training (torch's floating-point kernels); with unequal ones, the data
+moved too.
 """
 from __future__ import annotations
 
