@@ -274,6 +274,7 @@ def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("tiny-study")
+    assert experiment.artifact_location == (tmp_path / "mlartifacts" / "tiny-study").as_uri()  # beside mlflow.db
     runs = client.search_runs([experiment.experiment_id])
     parent = [r for r in runs if r.info.run_name == "quickstart"]
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"

@@ -74,13 +74,15 @@ EXPERIMENT_TAGS = {
 
 
 def experiment_id(uri: str, name: str) -> str:
-    """The id of experiment ``name``, created (tagged as a model-development experiment, artifacts in
-    ``./mlartifacts`` for a local store) when missing."""
+    """The id of experiment ``name``, created (tagged as a model-development experiment; for a local store, artifacts
+    in ``mlartifacts/`` beside its SQLite file, else in ``./mlartifacts``) when missing."""
     mlflow_client = client(uri)
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is None:
         location = None
-        if not uri.startswith(("http://", "https://", "databricks")):
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name).resolve().as_uri()
+        elif not uri.startswith(("http://", "https://", "databricks")):
             location = (Path.cwd() / "mlartifacts" / name).resolve().as_uri()
         try:
             mlflow_client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
