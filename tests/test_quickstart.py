@@ -424,3 +424,15 @@ def test_notes_name_the_sequences_they_were_scored_on():
     assert train_gap_note(58.7, 56.8, 20, "held-out") == \
         "teacher on 20 of its training sequences: AUC 58.7, on the held-out sequences 56.8 (train - held-out +1.9)"
     assert gap_note(None) is None and train_gap_note(None, 50.0, 20) is None
+
+
+def test_a_study_whose_data_cannot_be_read_any_more_goes_on_without_a_fingerprint(tmp_path):
+    from ct_ray.orchestration.study import ScoringSet, study_fingerprint
+
+    preset_file = tmp_path / "tiny.yaml"
+    preset_file.write_text(yaml.safe_dump(TINY_PRESET))
+    teacher = rebase(load_preset(preset_file).teacher, tmp_path)  # its shards, data/shards, are not there
+    tests = ScoringSet(f"synthetic:{tmp_path / 'data' / 'benchmark'}", "test", tmp_path / "results", "test")
+    said: list[str] = []
+    assert study_fingerprint(teacher, tests, said.append) == {}
+    assert len(said) == 1 and said[0].startswith("  no data fingerprint: ") and "shards" in said[0]

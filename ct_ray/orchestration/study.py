@@ -50,6 +50,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ct_ray.config import ConfigError, flatten, from_dict, read_yaml, to_dict
+from ct_ray.errors import UserError
 from ct_ray.fileio import atomic_write_text
 from ct_ray.orchestration import console, mlflow_runs
 from ct_ray.studies.design import TEACHER_FILE, Arm, StudyPreset, rebase
@@ -221,6 +222,16 @@ def data_fingerprint(teacher: ExperimentConfig, tests: ScoringSet) -> dict[str, 
     return {key: sequences, "training_samples": samples}
 
 
+def study_fingerprint(teacher: ExperimentConfig, tests: ScoringSet, say: Callable[[str], None]) -> dict[str, str]:
+    """``data_fingerprint``, or none (said) when the data cannot be read any more (shards removed since the teacher
+    trained, storage out of reach): the fingerprint documents a study, it must not fail one at its end."""
+    try:
+        return data_fingerprint(teacher, tests)
+    except (UserError, OSError, ValueError) as exc:
+        say(f"  no data fingerprint: {exc}")
+        return {}
+
+
 def _evaluate(label: str, seed: int | None, run_name: str, checkpoint: str, tests: ScoringSet,
               preset: StudyPreset, uri: str | None, experiment: str, say: Callable[[str], None],
               train_s: float | None, max_sequences: int | None = None, runtime: str = "torch") -> TrackerResult:
@@ -369,8 +380,8 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
         laps.lap("students")
         tests = scoring_set(preset, out)
         say(f"[3/3] evaluation on the {tests.split} sequences of {tests.dataset}")
-        fingerprint = data_fingerprint(teacher_config, tests)
-        if uri:
+        fingerprint = study_fingerprint(teacher_config, tests, say)
+        if uri and fingerprint:
             mlflow_runs.set_tags(uri, parent_id, {f"data.{k}_sha256": v for k, v in fingerprint.items()})
         teacher = _evaluate("teacher", None, teacher_config.run.name, str(teacher_path), tests, preset,
                             uri, experiment, say, teacher_s)
