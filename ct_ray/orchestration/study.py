@@ -206,14 +206,11 @@ def data_fingerprint(teacher: ExperimentConfig, tests: ScoringSet) -> dict[str, 
     teacher's training samples drawn with seed 0 whatever the teacher's seed, so that the runs of every seed (and
     the preset's reference runs) share one probe."""
     from ct_ray.data import load_dataset
-    from ct_ray.data.fingerprint import sequences_digest, training_samples_digest
+    from ct_ray.data.fingerprint import sequences_digest
     from ct_ray.evaluation.reports import resolve_split
-    from ct_ray.training.inputs import epoch_size, model_crops, training_source
+    from ct_ray.training.inputs import training_samples_probe
 
-    probe = replace(teacher, run=replace(teacher.run, seed=0))
-    model = model_crops(probe)
-    samples = training_samples_digest(training_source(probe, model), epoch_size(probe), 0, model.template_size,
-                                      model.search_size, model.search_factor, probe.data.jitter, probe.data.augment)
+    samples = training_samples_probe(teacher)
     kind = tests.dataset.partition(":")[0]
     if kind != "synthetic":
         return {"training_samples": samples}

@@ -7,7 +7,10 @@ model can use (resized when the size differs) and a context crop wide enough for
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ct_ray.config import ConfigError
+from ct_ray.data.fingerprint import training_samples_digest
 from ct_ray.data.pairs import PairSamplingConfig
 from ct_ray.data.shards import read_manifest, shard_files, shard_sampling
 from ct_ray.data.sources import ShardSource, StreamSource, TrainingSource
@@ -79,3 +82,12 @@ def steps_per_epoch(config: ExperimentConfig, pairs: int) -> int:
                           f"(data.batch_size {config.data.batch_size} x scaling.num_workers "
                           f"{config.scaling.num_workers})")
     return steps
+
+
+def training_samples_probe(config: ExperimentConfig) -> str:
+    """The fingerprint of the samples ``config`` trains on (``ct_ray.data.fingerprint``), drawn with seed 0 whatever
+    the run's seed, so that the runs of every seed (and a preset's reference runs) share one probe."""
+    probe = replace(config, run=replace(config.run, seed=0))
+    model = model_crops(probe)
+    return training_samples_digest(training_source(probe, model), epoch_size(probe), 0, model.template_size,
+                                   model.search_size, model.search_factor, probe.data.jitter, probe.data.augment)
