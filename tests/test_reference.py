@@ -101,6 +101,7 @@ def test_the_reference_applies_to_the_preset_as_measured_with_any_teacher_seed(c
     assert _reference(_args(preset="full")) is None
     assert "no reference check: the full preset ships no reference quickstarts" in capsys.readouterr().out
     assert _reference(_args(preset="my-preset.yaml")) is None
+    assert "no reference check: my-preset.yaml is a preset file" in capsys.readouterr().out
 
 
 def test_every_run_records_the_cpu_and_the_kernels_that_set_its_floating_point_results(monkeypatch):

@@ -67,6 +67,10 @@ def test_eval_through_onnxruntime_scores_like_pytorch(tmp_path, lasot_root, mode
     # A results folder of one runtime is not continued with another.
     assert run_cli([*common, "--out", tmp_path / "ort"]) == 2
     assert "tracked with runtime 'onnxruntime-cpu'" in capsys.readouterr().err
+    # One --name for both runtimes: another runtime's folder carries its name, as its metrics do.
+    assert run_cli([*common, "--name", "ct4", "--max-sequences", "1"]) == 0
+    assert run_cli([*common, "--name", "ct4", "--max-sequences", "1", "--runtime", "onnxruntime"]) == 0
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["ct4", "ct4_onnxruntime-cpu"]
 
 
 def test_profile_prints_every_runtime_and_one_json_line(tmp_path, model, capsys):

@@ -254,6 +254,8 @@ def _reference(args: argparse.Namespace):
     from ct_ray.studies.reference import load_reference
 
     if args.preset not in {p.value for p in Preset}:
+        print(f"no reference check: {args.preset} is a preset file; reference quickstarts ship with the embedded "
+              f"presets ({', '.join(p.value for p in Preset)})")
         return None
     reference = load_reference(args.preset)
     changed = [o for o in args.set or () if not o.replace(" ", "").startswith("teacher.run.seed=")]

@@ -69,7 +69,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "mlflow_uri": args.mlflow_uri, "experiment": args.experiment, "exclude_invalid": args.exclude_invalid,
         "cpus_per_task": args.cpus_per_task, "threads_per_task": args.threads_per_task,
         "progress": not args.no_progress, "runtime": args.runtime, "provider": args.provider, "int8": args.int8,
-        "graphs": args.graphs})
+        "graphs": args.graphs, "address": args.address})
     outcome = evaluate_checkpoint(request)
     if outcome.report is not None:
         print(format_score_table(outcome.report))
@@ -208,9 +208,11 @@ def add_commands(subparsers, make_parser, add_checkpoint_arguments) -> None:
     _add_dataset_arguments(evaluate)
     evaluate.add_argument("--name", default=None,
                           help="name of this evaluation: results folder results/<name> and MLflow metric prefix "
-                               "<name>_auc ... (default prefix: the split)")
+                               "<name>_auc ... (default prefix: the split; another runtime than torch appends "
+                               "its name to both)")
     evaluate.add_argument("--out", default=None,
-                          help="results folder (default results/<name>, or results/<checkpoint>_<kind>_<split>); "
+                          help="results folder (default results/<name>, or results/<checkpoint>_<kind>_<split>; with "
+                               "another runtime than torch, _<runtime> appended); "
                                "complete sequences already there are kept")
     evaluate.add_argument("--gpu", action="store_true", help="one GPU per Ray task")
     evaluate.add_argument("--cpus-per-task", type=float, default=1.0, help="Ray CPUs reserved per tracking task")
@@ -228,6 +230,8 @@ def add_commands(subparsers, make_parser, add_checkpoint_arguments) -> None:
     evaluate.add_argument("--experiment", default="ct-ray",
                           help="MLflow experiment of a new run (a checkpoint's own run keeps its own)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.add_argument("--address", default=None,
+                          help="Ray cluster address (default: RAY_ADDRESS, else a local instance on 127.0.0.1)")
     evaluate.add_argument("--verbose", action="store_true",
                           help="show Ray's own output live, not only in the log file in the results folder")
 

@@ -75,6 +75,7 @@ class EvalRequest:
     provider: str = "cpu"
     int8: bool = False
     graphs: str | None = None
+    address: str | None = None  # a Ray cluster to attach to (else RAY_ADDRESS, else a local instance)
 
     def __post_init__(self) -> None:
         self.runtime_spec  # checks runtime / provider / int8
@@ -137,7 +138,7 @@ def _open(request: EvalRequest, log: Callable[[str], None]) -> _Evaluation:
     for line in box_report(sequences).lines():
         log(f"warning: {line} (they count as misses)")
     suffix = "" if spec.name == "torch" else f"_{spec.label}"
-    label = request.name or f"{Path(request.checkpoint).stem}_{dataset_kind}_{split or 'all'}{suffix}"
+    label = (request.name or f"{Path(request.checkpoint).stem}_{dataset_kind}_{split or 'all'}") + suffix
     results_dir = Path(request.out) if request.out is not None else Path("results") / label
     claim_results_dir(results_dir, request.checkpoint, request.dataset, split, spec.label)
     prefix = metric_prefix(request.name, split, dataset_kind)
@@ -157,7 +158,7 @@ def _track(job: _Evaluation, log: Callable[[str], None]) -> int:
     console.log_to(job.results_dir / "ray.log")
     # A local instance gets one logical CPU per core (not init_ray's default of two), so that the parallel tracking
     # tasks do not share cores and the tracking-loop times stay those of one tracker per core.
-    init_ray(None, num_cpus=os.cpu_count() or 1)
+    init_ray(request.address, num_cpus=os.cpu_count() or 1)
     if request.use_gpu and not ray.cluster_resources().get("GPU", 0):
         raise InputError("--gpu: the Ray cluster has no GPU")
     tracked = sum(1 for s in job.sequences if not result_complete(job.results_dir, s.name, len(s)))
