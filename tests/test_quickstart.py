@@ -298,6 +298,11 @@ def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray
     assert len(fingerprint["training_samples"]) == 64
     assert parent[0].data.tags["data.test_sequences_sha256"] == fingerprint["test_sequences"]
     assert parent[0].data.tags["data.training_samples_sha256"] == fingerprint["training_samples"]
+    # The floating-point kernels the training workers ran, on their threads: in the study's JSON and run, and in
+    # every training run (one machine: one digest).
+    kernels = summary["environment"]["kernels_sha256"]
+    assert len(kernels) == 64 and parent[0].data.tags["kernels_sha256"] == kernels
+    assert {run.data.tags.get("kernels_sha256") for run in children.values()} == {kernels}
 
     ablation = tmp_path / "fixed.yaml"
     ablation.write_text(yaml.safe_dump({"label": "fixed p = 0.5", "overrides": ["schedule.kind=fixed"]}))

@@ -8,6 +8,7 @@ from ct_ray.cli.commands import _reference
 from ct_ray.config import ConfigError, from_dict
 from ct_ray.studies.reference import (
     PresetReference,
+    ReferenceRun,
     check_against,
     format_checks,
     load_reference,
@@ -134,3 +135,22 @@ def test_the_data_line_says_whether_the_data_are_the_references_bytes():
         from_dict(PresetReference, {"preset": "x", "measured": "m", "runs": [], "data": {
             "test_sequences": "abc", "training_samples": "0" * 64}})
     assert DataFingerprint("0" * 64, "f" * 64).test_sequences == "0" * 64
+
+
+def test_the_kernels_line_says_whether_the_run_is_out_of_sample():
+    from ct_ray.studies.reference import kernels_line
+
+    reference = load_reference("small")
+    digests = {run.kernels for run in reference.runs}
+    assert len(digests) == 3 and None not in digests  # AVX-512, AVX2 and SSE4 kernels
+    avx2 = next(run.kernels for run in reference.runs if "AVX2" in run.label)
+    line = kernels_line(reference, avx2)
+    assert line.startswith(f"kernels: those of 3 of the 8 reference runs ({avx2[:12]}: teacher seed 0, AVX2 kernels; ")
+    assert kernels_line(reference, "e" * 64) == ("kernels: other floating-point kernels than every reference run "
+                                                 "(eeeeeeeeeeee), so this run tests the intervals out of sample")
+    assert kernels_line(reference, None) is None
+    runs = [ReferenceRun(r.label, r.teacher, r.compresstracker, r.student_only, r.distillation) for r in reference.runs]
+    assert kernels_line(PresetReference("small", "m", runs), avx2) is None  # references without digests
+    with pytest.raises(ValueError, match="kernels must be a SHA-256"):
+        ReferenceRun("x", 60.0, 58.0, 57.0, 58.0, kernels="abc")
+

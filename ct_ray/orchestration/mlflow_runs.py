@@ -178,6 +178,16 @@ def cpu_model() -> str:
     return name
 
 
+def kernels_tags() -> dict[str, str]:
+    """The digest of this process's floating-point kernels on its torch threads (``ct_ray.models.kernels``): two
+    runs with equal digests compute the same bits from the same seed and data."""
+    import torch
+
+    from ct_ray.models.kernels import kernels_digest
+
+    return {"kernels_sha256": kernels_digest(), "kernels_threads": str(torch.get_num_threads())}
+
+
 def environment_tags() -> dict[str, str]:
     """Git commit, package versions and hardware (the CPU and the vector instructions PyTorch's kernels use, which
     decide the floating-point results), so that a result can be reproduced and a difference traced."""

@@ -55,7 +55,8 @@ from ct_ray.fileio import atomic_write_text
 from ct_ray.orchestration import console, mlflow_runs
 from ct_ray.studies.design import TEACHER_FILE, Arm, StudyPreset, rebase
 from ct_ray.studies.paired_stats import Row, TrackerResult, gap_to, summarise
-from ct_ray.studies.reference import PresetReference, ReferenceCheck, check_against, data_line, format_checks
+from ct_ray.studies.reference import (PresetReference, ReferenceCheck, check_against, data_line, format_checks,
+                                     kernels_line)
 from ct_ray.studies.tables import format_markdown, format_table, gap_note, row_metrics, train_gap_note
 from ct_ray.training.experiment import ExperimentConfig, RunKind, check_experiment
 
@@ -198,6 +199,16 @@ def scoring_set(preset: StudyPreset, out: Path) -> ScoringSet:
     generate_benchmark(root, sequences=count, frames=synth.frames, seed=synth.seed + 1, preset=synth.preset,
                        frame_size=(synth.height, synth.width), test_fraction=0.0, progress=True)
     return ScoringSet(f"synthetic:{root}", "all", out / f"results-heldout-{count}", f"heldout_{count}")
+
+
+def _worker_kernels(config: ExperimentConfig) -> dict[str, str]:
+    """``kernels_tags`` where ``config``'s training workers run: a Ray task with a CPU worker's CPUs (Ray gives it
+    as many threads); none for GPU workers."""
+    import ray
+
+    if config.scaling.use_gpu:
+        return {}
+    return ray.get(ray.remote(num_cpus=config.scaling.cpus_per_worker)(mlflow_runs.kernels_tags).remote())
 
 
 def data_fingerprint(teacher: ExperimentConfig, tests: ScoringSet) -> dict[str, str]:
@@ -345,11 +356,12 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
     if preset.evaluation.heldout_sequences:
         name = f"{name}_heldout-{preset.evaluation.heldout_sequences}"
     parent = None
+    environment = {**mlflow_runs.environment_tags(), **_worker_kernels(teacher_config)}
     if uri:
         params = {"preset": preset.name, "out": str(out), "seeds": list(seeds), "arms": [a.label for a in arms],
                   "heldout_sequences": preset.evaluation.heldout_sequences}
         parent = mlflow_runs.TrackedRun.open(uri, out / f"{name}_run.json", experiment, name, params,
-                                             {"kind": "study", **mlflow_runs.environment_tags()})
+                                             {"kind": "study", **environment})
     parent_id = parent.run_id if parent else None
     laps.lap("start")
     reused: list[str] = []
@@ -427,11 +439,14 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
         same_data = data_line(reference, fingerprint) if checks else None
         if same_data:
             lines.append(same_data)
+        same_kernels = kernels_line(reference, environment.get("kernels_sha256")) if checks else None
+        if same_kernels:
+            lines.append(same_kernels)
         if reference and not checks:
             say("  no reference check: it needs the CompressTracker, student-only and distillation arms")
         table = format_table(rows) + "".join(f"\n{note}" for note in notes)
         files = _write_outputs(out, name, preset, rows, results, notes, checks, lines, durations, reused, timing,
-                               fingerprint)
+                               fingerprint, environment)
         if parent is not None:
             for path in files.values():
                 mlflow_runs.log_artifact(uri, parent_id, path)
@@ -519,12 +534,13 @@ def _describe_study(parent: mlflow_runs.TrackedRun, experiment: str, name: str, 
 def _write_outputs(out: Path, name: str, preset: StudyPreset, rows: list[Row], results: list[TrackerResult],
                    notes: list[str], checks: Sequence[ReferenceCheck] = (), reference_lines: Sequence[str] = (),
                    durations: dict[str, float] | None = None, reused: Sequence[str] = (), timing: str = "",
-                   fingerprint: dict[str, str] | None = None) -> dict[str, Path]:
+                   fingerprint: dict[str, str] | None = None,
+                   environment: dict[str, str] | None = None) -> dict[str, Path]:
     summary = {"study": name, "preset": preset.name, "preset_config": to_dict(preset),
                "rows": [r.to_dict() for r in rows], "trackers": [dataclasses.asdict(r) for r in results],
                "notes": notes, "reference_check": [c.to_dict() for c in checks],
                "wall_seconds": {k: round(v, 1) for k, v in (durations or {}).items()}, "reused_runs": list(reused),
-               "environment": mlflow_runs.environment_tags(), "data_fingerprint": fingerprint or {}}
+               "environment": environment or mlflow_runs.environment_tags(), "data_fingerprint": fingerprint or {}}
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
     atomic_write_text(json_path, json.dumps(summary, indent=2) + "\n")
     atomic_write_text(md_path, format_markdown(rows, notes) + _code_block(reference_lines)

@@ -42,21 +42,30 @@ def prediction_interval(values: list[float]) -> tuple[float, float]:
     return mean - half, mean + half
 
 
+def _check_sha256(name: str, value: object) -> None:
+    if not (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
+        raise ValueError(f"{name} must be a SHA-256 hex digest (64 characters), got {value!r}")
+
+
 @dataclass(frozen=True)
 class ReferenceRun:
-    """One reference quickstart: what it varied (teacher seed, kernels) and the four AUCs of its table."""
+    """One reference quickstart: what it varied (teacher seed, kernels), the four AUCs of its table and the digest
+    of the floating-point kernels it trained with (``ct_ray.models.kernels``)."""
 
     label: str
     teacher: float
     compresstracker: float
     student_only: float
     distillation: float
+    kernels: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("teacher", "compresstracker", "student_only", "distillation"):
             value = getattr(self, name)
             if not 0.0 < value <= 100.0:
                 raise ValueError(f"{self.label}: {name} must be an AUC in (0, 100], got {value}")
+        if self.kernels is not None:
+            _check_sha256(f"{self.label}: kernels", self.kernels)
 
 
 @dataclass(frozen=True)
@@ -69,9 +78,7 @@ class DataFingerprint:
 
     def __post_init__(self) -> None:
         for name in ("test_sequences", "training_samples"):
-            value = getattr(self, name)
-            if not (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
-                raise ValueError(f"data.{name} must be a SHA-256 hex digest (64 characters), got {value!r}")
+            _check_sha256(f"data.{name}", getattr(self, name))
 
 
 @dataclass
@@ -168,6 +175,20 @@ def data_line(reference: PresetReference, fingerprint: dict[str, str]) -> str | 
                         for key, (here, there) in shown.items())
     return (f"data: NOT the references' bytes ({digests}): another numpy or OpenCV build, or OpenCV without AVX2, "
             "renders other pixels here, so the data differ as well as the kernels")
+
+
+def kernels_line(reference: PresetReference, digest: str | None) -> str | None:
+    """Whether this study trained with the floating-point kernels of some reference runs (the same digest: the same
+    bits for the same seed) or with other ones, the case the intervals are for: a test out of sample."""
+    known = [run for run in reference.runs if run.kernels]
+    if digest is None or not known:
+        return None
+    same = [run.label for run in known if run.kernels == digest]
+    if same:
+        return (f"kernels: those of {len(same)} of the {len(reference.runs)} reference runs ({digest[:12]}: "
+                f"{'; '.join(same)}): with the same seeds, the same bits")
+    return (f"kernels: other floating-point kernels than every reference run ({digest[:12]}), so this run tests the "
+            "intervals out of sample")
 
 
 def load_reference(preset_name: str) -> PresetReference | None:
