@@ -179,7 +179,10 @@ def _set_up(loop_config: dict[str, Any]) -> Worker:
     uri = loop_config.get("mlflow_uri")
     buffer = mlflow_runs.MetricBuffer(uri, mlflow_run_id) if rank == 0 and uri and mlflow_run_id else None
     if buffer is not None and device.type == "cpu":  # the kernels this worker trains with, on its threads
-        mlflow_runs.set_tags(uri, mlflow_run_id, mlflow_runs.kernels_tags())
+        try:
+            mlflow_runs.set_tags(uri, mlflow_run_id, mlflow_runs.kernels_tags())
+        except mlflow_runs.MlflowUnavailableError as exc:  # a missing tag must not stop the training
+            print(f"{exc}; the run has no kernels_sha256 tag")
     return Worker(config, rank, world, device, model, optimizer, scheduler, step, start_epoch, best_score,
                   uri, mlflow_run_id, buffer)
 
