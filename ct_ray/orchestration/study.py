@@ -446,7 +446,7 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
             say("  no reference check: it needs the CompressTracker, student-only and distillation arms")
         table = format_table(rows) + "".join(f"\n{note}" for note in notes)
         files = _write_outputs(out, name, preset, rows, results, notes, checks, lines, durations, reused, timing,
-                               fingerprint, environment)
+                               fingerprint, environment=environment)
         if parent is not None:
             for path in files.values():
                 mlflow_runs.log_artifact(uri, parent_id, path)
@@ -534,13 +534,13 @@ def _describe_study(parent: mlflow_runs.TrackedRun, experiment: str, name: str, 
 def _write_outputs(out: Path, name: str, preset: StudyPreset, rows: list[Row], results: list[TrackerResult],
                    notes: list[str], checks: Sequence[ReferenceCheck] = (), reference_lines: Sequence[str] = (),
                    durations: dict[str, float] | None = None, reused: Sequence[str] = (), timing: str = "",
-                   fingerprint: dict[str, str] | None = None,
-                   environment: dict[str, str] | None = None) -> dict[str, Path]:
+                   fingerprint: dict[str, str] | None = None, *,
+                   environment: dict[str, str]) -> dict[str, Path]:
     summary = {"study": name, "preset": preset.name, "preset_config": to_dict(preset),
                "rows": [r.to_dict() for r in rows], "trackers": [dataclasses.asdict(r) for r in results],
                "notes": notes, "reference_check": [c.to_dict() for c in checks],
                "wall_seconds": {k: round(v, 1) for k, v in (durations or {}).items()}, "reused_runs": list(reused),
-               "environment": environment or mlflow_runs.environment_tags(), "data_fingerprint": fingerprint or {}}
+               "environment": environment, "data_fingerprint": fingerprint or {}}
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
     atomic_write_text(json_path, json.dumps(summary, indent=2) + "\n")
     atomic_write_text(md_path, format_markdown(rows, notes) + _code_block(reference_lines)
