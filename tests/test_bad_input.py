@@ -55,6 +55,9 @@ def files(tmp_path_factory):
         writer.write(np.full((96, 128, 3), 80, np.uint8))
     writer.release()
     (root / "bad.yaml").write_text("kind: compresstracker\noptim: {lrr: 1}\n")
+    (root / "novalidation.yaml").write_text(f"kind: compresstracker\nteacher: {{path: {root / 'good.pt'}}}\n"
+                                            f"student: {{num_stages: 2}}\ndata: {{source: stream, val_dataset: "
+                                            f"'synthetic:{root / 'nowhere'}'}}\nmlflow: {{enabled: false}}\n")
     (root / "noshards.yaml").write_text(f"kind: compresstracker\nteacher: {{path: {root / 'good.pt'}}}\n"
                                         f"student: {{num_stages: 2}}\ndata: {{shards: {root / 'none'}}}\n"
                                         "mlflow: {enabled: false}\n")
@@ -155,6 +158,10 @@ def test_bad_data_is_refused_before_ray_starts(files):
                           capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""})
     assert done.returncode == 2 and "no shard manifest" in done.stderr
     assert "Ray" not in done.stderr and time.perf_counter() - start < 30
+    done = subprocess.run([sys.executable, "-m", "ct_ray.cli", "train", "--config", str(files / "novalidation.yaml")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""})
+    assert done.returncode == 2 and f"data.val_dataset: no synthetic dataset at {files / 'nowhere'}" in done.stderr
+    assert "Ray" not in done.stderr
 
 
 def test_ctrl_c_says_what_was_kept_and_bugs_keep_their_traceback(capsys):

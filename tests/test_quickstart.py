@@ -1,6 +1,7 @@
 """``ct-ray quickstart`` / ``ct-ray ablations``: presets, derived arms, the summary table, and a whole tiny study."""
 import json
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -341,6 +342,19 @@ def test_quickstart_then_ablations_reuse_runs_and_track_everything(tmp_path, ray
     assert ct_run.data.metrics["heldout_2_auc"] == pytest.approx(held["ct2-s0"]["auc"])
     assert ct_run.data.metrics["tracking_step_ms"] == pytest.approx(held["ct2-s0"]["tracking_ms"])
     assert ct_run.data.metrics["test_auc"] == pytest.approx(trackers["ct2-s0"]["auc"])
+
+    # A teacher copied into a new study folder: its benchmark and shards are generated again (the same bytes), so
+    # the students train as in the first folder.
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    shutil.copyfile(out / "teacher.pt", copied / "teacher.pt")
+    assert main(["ablations", "--preset", str(preset_file), "--out", str(copied), "--seeds", "0",
+                 "--no-ablations", "--no-baselines"]) == 0
+    printed = capsys.readouterr().out
+    assert f"reusing {copied / 'teacher.pt'}" in printed and "training ct2-s0" in printed
+    again = {t["run_name"]: t for t in json.loads((copied / "ablations.json").read_text())["trackers"]}
+    assert again["ct2-s0"]["auc"] == trackers["ct2-s0"]["auc"]
+    assert json.loads((copied / "ablations.json").read_text())["data_fingerprint"] == fingerprint
 
     assert main(["quickstart", "--preset", str(preset_file), "--out", str(out), "--set", "teacher.run.epochs=2"]) == 2
     assert "runs/teacher was trained with another config: run.epochs (1 there, 2 now)" in capsys.readouterr().err

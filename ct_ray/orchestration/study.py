@@ -369,7 +369,12 @@ def run_study(preset: StudyPreset, out: str | Path, arms: list[Arm], seeds: Sequ
         say(f"[1/3] teacher: {teacher_config.model.depth} blocks, width {teacher_config.model.embed_dim}, "
             f"{teacher_config.run.epochs} epochs (data generated on first use)")
         if teacher_path.is_file():
+            from ct_ray.orchestration.train_launcher import prepare_data
+
             say(f"  reusing {teacher_path}")
+            # A teacher copied into a new study folder: the students need the benchmark (and shards) it was
+            # trained with, which only the teacher's run would otherwise generate.
+            prepare_data(teacher_config)
             teacher_ckpt, teacher_s = str(teacher_path), None
         else:
             teacher_ckpt, teacher_s = _train(teacher_config, parent_id, ray_address, say)

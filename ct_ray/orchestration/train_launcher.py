@@ -22,7 +22,7 @@ import yaml
 
 from ct_ray.config import ConfigError, flatten, from_dict, load_config, to_dict
 from ct_ray.compress import StageDivision
-from ct_ray.data.sequences import parse_dataset_spec
+from ct_ray.data.sequences import MissingDataError, parse_dataset_spec
 from ct_ray.data.shards import MANIFEST, read_manifest
 from ct_ray.fileio import Location
 from ct_ray.models import load_tracker
@@ -82,8 +82,15 @@ def prepare_data(config: ExperimentConfig) -> None:
 def check_data_before_ray(config: ExperimentConfig) -> None:
     """What can be checked of the data before a Ray instance starts: shards that no data.synth section will
     generate must be there, readable and of the right format (crop sizes and factors are checked against the model
-    once its teacher exists)."""
-    if config.data.source is DataSource.STREAM or config.data.synth is not None:
+    once its teacher exists); a local validation dataset that no data.synth section will generate must exist."""
+    if config.data.synth is not None:
+        return
+    spec = config.data.val_dataset
+    if spec and "://" not in spec.partition(":")[2]:  # a store URI is fetched by the workers
+        kind, root = parse_dataset_spec(spec)
+        if not root.exists():
+            raise MissingDataError(f"data.val_dataset: no {kind} dataset at {root}")
+    if config.data.source is DataSource.STREAM:
         return
     read_manifest(config.data.shards)
     if config.is_teacher_run or (config.teacher.path and config.teacher.exists()):
