@@ -56,8 +56,8 @@ def files(tmp_path_factory):
     writer.release()
     (root / "bad.yaml").write_text("kind: compresstracker\noptim: {lrr: 1}\n")
     (root / "novalidation.yaml").write_text(f"kind: compresstracker\nteacher: {{path: {root / 'good.pt'}}}\n"
-                                            f"student: {{num_stages: 2}}\ndata: {{source: stream, val_dataset: "
-                                            f"'synthetic:{root / 'nowhere'}'}}\nmlflow: {{enabled: false}}\n")
+                                            f"student: {{num_stages: 2}}\ndata: {{source: stream, pairs_per_epoch: 16, "
+                                            f"val_dataset: 'synthetic:{root / 'nowhere'}'}}\nmlflow: {{enabled: false}}\n")
     (root / "noshards.yaml").write_text(f"kind: compresstracker\nteacher: {{path: {root / 'good.pt'}}}\n"
                                         f"student: {{num_stages: 2}}\ndata: {{shards: {root / 'none'}}}\n"
                                         "mlflow: {enabled: false}\n")

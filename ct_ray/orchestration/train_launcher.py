@@ -85,16 +85,15 @@ def check_data_before_ray(config: ExperimentConfig) -> None:
     once its teacher exists); a local validation dataset that no data.synth section will generate must exist."""
     if config.data.synth is not None:
         return
+    if config.data.source is not DataSource.STREAM:
+        read_manifest(config.data.shards)
+        if config.is_teacher_run or (config.teacher.path and config.teacher.exists()):
+            training_source(config, model_crops(config))
     spec = config.data.val_dataset
     if spec and "://" not in spec.partition(":")[2]:  # a store URI is fetched by the workers
         kind, root = parse_dataset_spec(spec)
         if not root.exists():
             raise MissingDataError(f"data.val_dataset: no {kind} dataset at {root}")
-    if config.data.source is DataSource.STREAM:
-        return
-    read_manifest(config.data.shards)
-    if config.is_teacher_run or (config.teacher.path and config.teacher.exists()):
-        training_source(config, model_crops(config))
 
 
 def bootstrap_teacher(config: ExperimentConfig) -> str | None:
