@@ -55,9 +55,10 @@ def files(tmp_path_factory):
         writer.write(np.full((96, 128, 3), 80, np.uint8))
     writer.release()
     (root / "bad.yaml").write_text("kind: compresstracker\noptim: {lrr: 1}\n")
-    (root / "novalidation.yaml").write_text(f"kind: compresstracker\nteacher: {{path: {root / 'good.pt'}}}\n"
-                                            f"student: {{num_stages: 2}}\ndata: {{source: stream, pairs_per_epoch: 16, "
-                                            f"val_dataset: 'synthetic:{root / 'nowhere'}'}}\nmlflow: {{enabled: false}}\n")
+    (root / "novalidation.yaml").write_text(
+        f"kind: compresstracker\nteacher: {{path: {root / 'good.pt'}}}\nstudent: {{num_stages: 2}}\n"
+        f"data: {{source: stream, pairs_per_epoch: 16, val_dataset: 'synthetic:{root / 'nowhere'}'}}\n"
+        "mlflow: {enabled: false}\n")
     (root / "noshards.yaml").write_text(f"kind: compresstracker\nteacher: {{path: {root / 'good.pt'}}}\n"
                                         f"student: {{num_stages: 2}}\ndata: {{shards: {root / 'none'}}}\n"
                                         "mlflow: {enabled: false}\n")
