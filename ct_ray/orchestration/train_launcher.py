@@ -24,7 +24,7 @@ from ct_ray.config import ConfigError, flatten, from_dict, load_config, to_dict
 from ct_ray.compress import StageDivision
 from ct_ray.data.sequences import MissingDataError, parse_dataset_spec
 from ct_ray.data.shards import MANIFEST, read_manifest
-from ct_ray.fileio import Location
+from ct_ray.fileio import Location, is_uri
 from ct_ray.models import load_tracker
 from ct_ray.orchestration import console, mlflow_runs
 from ct_ray.training.experiment import DataSource, ExperimentConfig, check_experiment
@@ -90,7 +90,7 @@ def check_data_before_ray(config: ExperimentConfig) -> None:
         if config.is_teacher_run or (config.teacher.path and config.teacher.exists()):
             training_source(config, model_crops(config))
     spec = config.data.val_dataset
-    if spec and "://" not in spec.partition(":")[2]:  # a store URI is fetched by the workers
+    if spec and not is_uri(spec.partition(":")[2]):  # a store URI is fetched by the workers
         kind, root = parse_dataset_spec(spec)
         if not root.exists():
             raise MissingDataError(f"data.val_dataset: no {kind} dataset at {root}")
